@@ -1,0 +1,119 @@
+"""What every attack shares: the registry, the all-to-one label rule and dataset poisoning.
+
+An attack is a pure transform of uint8 images ``(N, 3, H, W) -> (N, 3, H, W)`` (``apply``) plus
+two flags: ``clean_label`` (poisons are drawn from the target class and keep their label) and
+``cross_ratio`` (WaNet's noise mode: extra samples transformed by ``cross`` that keep their
+label). Adding an attack is one module with a ``@register_attack`` class plus its import line
+in ``upgp/attacks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ATTACKS: dict[str, Callable[..., "Attack"]] = {}
+
+
+def register_attack(name: str) -> Callable:
+    def wrap(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        ATTACKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def create_attack(name: str, **params) -> "Attack":
+    """Instantiate the registered attack ``name`` (see ``ATTACKS``) with its parameters."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name](**params)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Round and clamp float pixel values (0..255 scale) back to uint8."""
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+class Attack:
+    """Base class: subclasses set their trigger parameters and implement ``apply``."""
+
+    name = "attack"
+    clean_label = False
+    cross_ratio = 0.0
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Stamp the trigger on uint8 images; returns a new uint8 tensor."""
+        raise NotImplementedError
+
+    def cross(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Noise-mode transform for ``cross_ratio`` samples (labels kept); only WaNet has one."""
+        raise NotImplementedError(f"{self.name} has no noise mode")
+
+    def params(self) -> dict:
+        """The attack's parameters (for cache keys and reports)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class PoisonedSet:
+    """A poisoned copy of a training set. The indices are for evaluation only, never for defenses.
+
+    ``poison_idx``: samples carrying the trigger (with the target label, except clean-label
+    attacks); ``cross_idx``: noise-mode samples (transformed, label kept, not backdoor samples).
+    """
+
+    x: Tensor
+    y: Tensor
+    poison_idx: Tensor
+    cross_idx: Tensor
+    target: int
+
+    @property
+    def is_poisoned(self) -> Tensor:
+        mask = torch.zeros(len(self.y), dtype=torch.bool)
+        mask[self.poison_idx] = True
+        return mask
+
+
+def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: int,
+                   seed: int) -> PoisonedSet:
+    """Poison ``round(ratio * len(x))`` samples all-to-one towards ``target``.
+
+    Dirty-label attacks draw them from non-target samples and relabel them ``target``;
+    clean-label attacks draw them from the target class (at most all of it) and keep labels.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"poisoning ratio {ratio} is outside (0, 1)")
+    num_classes = int(y.max()) + 1
+    if not 0 <= target < num_classes:
+        raise ValueError(f"target label {target} is outside 0..{num_classes - 1}")
+    gen = torch.Generator().manual_seed(seed)
+    pool = (y == target).nonzero().flatten() if attack.clean_label else (y != target).nonzero().flatten()
+    pool = pool[torch.randperm(len(pool), generator=gen)]
+    n_poison = min(round(ratio * len(x)), len(pool))
+    if n_poison < 1:
+        raise ValueError(f"poisoning ratio {ratio} selects no sample of {len(x)}")
+    poison_idx = pool[:n_poison].sort().values
+    x_out, y_out = x.clone(), y.clone()
+    x_out[poison_idx] = attack.apply(x[poison_idx])
+    y_out[poison_idx] = target
+    cross_idx = torch.empty(0, dtype=torch.long)
+    if attack.cross_ratio > 0:
+        rest = torch.ones(len(x), dtype=torch.bool)
+        rest[poison_idx] = False
+        rest = rest.nonzero().flatten()
+        rest = rest[torch.randperm(len(rest), generator=gen)]
+        cross_idx = rest[: min(round(attack.cross_ratio * n_poison), len(rest))].sort().values
+        x_out[cross_idx] = attack.cross(x[cross_idx], gen)
+    return PoisonedSet(x_out, y_out, poison_idx, cross_idx, target)
+
+
+def triggered_test_set(attack: Attack, x: Tensor, y: Tensor, target: int) -> tuple[Tensor, Tensor]:
+    """Trigger every test image whose true class is not ``target``; returns (images, true labels)."""
+    keep = y != target
+    return attack.apply(x[keep]), y[keep]

@@ -1,0 +1,137 @@
+"""The few high-level calls that the CLI and the notebooks make.
+
+``backdoored_model(attack, arch, preset, seed)`` builds a whole scenario: the data, the clean
+defense reserve, the poisoned training set, the triggered test set, and a model trained on the
+poisoned set (cached under a hash of everything that determines it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import Attack, PoisonedSet, create_attack, poison_dataset, triggered_test_set
+from .data import ImageData, load_dataset, split_reserve
+from .io import cache_dir, config_hash, load_tensors, save_tensors
+from .metrics import backdoor_metrics
+from .models import create_model
+from .presets import Preset, get_preset
+from .train import default_device, train
+
+_DATA_MEMO: dict[tuple, tuple[ImageData, str]] = {}
+
+
+def load_data_cached(preset: Preset, data: str | Path | None, seed: int) -> tuple[ImageData, str]:
+    """The preset's dataset and a content fingerprint of it (memoised in this process)."""
+    key = (preset.dataset, str(data), seed if preset.dataset == "synthetic" else None)
+    if key not in _DATA_MEMO:
+        images = load_dataset(preset.dataset, data, seed=0)
+        digest = hashlib.sha256()
+        for t in (images.x_train, images.y_train, images.x_test, images.y_test):
+            digest.update(t.numpy().tobytes())
+        _DATA_MEMO[key] = (images, digest.hexdigest()[:16])
+    return _DATA_MEMO[key]
+
+
+@dataclass
+class Scenario:
+    """One backdoor setting: what the defender holds and what only the evaluator may see.
+
+    Defender: ``model`` (trained on ``train``), ``train.x``/``train.y`` (poisoned training set,
+    without its poison record) and the clean ``reserve_x``/``reserve_y``.
+    Evaluator only: ``train.poison_idx``, the test sets.
+    """
+
+    attack: Attack
+    arch: str
+    preset: Preset
+    seed: int
+    data_source: str
+    num_classes: int
+    train: PoisonedSet
+    reserve_x: Tensor
+    reserve_y: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_triggered: Tensor
+    y_triggered: Tensor
+    model: nn.Module | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """ACC / ASR / RA (in %) of ``model`` (default: the backdoored model)."""
+        return backdoor_metrics(model or self.model, self.x_test, self.y_test, self.x_triggered,
+                                self.y_triggered, self.train.target, self.preset.bf16,
+                                self.preset.eval_batch)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that identifies this run, for reports next to its numbers."""
+        return {"attack": self.attack.name, "attack_params": self.attack.params(),
+                "arch": self.arch, "preset": self.preset.name, "scale": self.preset.scale_label(),
+                "width": self.preset.width, "seed": self.seed, "data": self.data_source,
+                "poison_ratio": self.preset.poison_ratio, "target": self.preset.target,
+                "reserve_size": len(self.reserve_y), "train_size": len(self.train.y),
+                "poisoned": len(self.train.poison_idx)}
+
+
+def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
+                   preset: str | Preset = "cpu", seed: int = 0, data: str | Path | None = None,
+                   attack_params: dict[str, Any] | None = None,
+                   **overrides: Any) -> Scenario:
+    """Data, reserve split, poisoned training set and triggered test set (no model yet)."""
+    preset = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
+    attack = attack if isinstance(attack, Attack) else create_attack(attack, **(attack_params or {}))
+    create_model(arch)  # fail early on an unknown architecture
+    images, fingerprint = load_data_cached(preset, data, seed)
+    train_idx, reserve_idx = split_reserve(len(images.y_train), preset.reserve_ratio, seed)
+    poisoned = poison_dataset(attack, images.x_train[train_idx], images.y_train[train_idx],
+                              preset.poison_ratio, preset.target, seed)
+    x_trig, y_trig = triggered_test_set(attack, images.x_test, images.y_test, preset.target)
+    scenario = Scenario(attack, arch, preset, seed, images.source, images.num_classes, poisoned,
+                        images.x_train[reserve_idx], images.y_train[reserve_idx],
+                        images.x_test, images.y_test, x_trig, y_trig)
+    scenario.info["data_fingerprint"] = fingerprint
+    return scenario
+
+
+def model_cache_path(scenario: Scenario) -> Path:
+    key = config_hash(scenario.arch, scenario.preset, scenario.seed, scenario.attack.name,
+                      scenario.attack.params(), scenario.info["data_fingerprint"])
+    return cache_dir() / "models" / f"{scenario.attack.name}-{scenario.arch}-{key}.pt"
+
+
+def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
+                     preset: str | Preset = "cpu", seed: int = 0, data: str | Path | None = None,
+                     attack_params: dict[str, Any] | None = None, progress: bool = True,
+                     **overrides: Any) -> Scenario:
+    """A scenario with its backdoored model: loaded from the cache, or trained and cached."""
+    scenario = build_scenario(attack, arch, preset, seed, data, attack_params, **overrides)
+    preset_ = scenario.preset
+    torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+    model = create_model(arch, scenario.num_classes, preset_.width)
+    path = model_cache_path(scenario)
+    cached = load_tensors(path)
+    if cached is not None:
+        model.load_state_dict(cached["state_dict"])
+        scenario.info.update(cached["info"], cache_hit=True)
+        model.to(default_device()).eval()
+    else:
+        start = time.perf_counter()
+        stats = train(model, scenario.train.x, scenario.train.y, preset_, seed, progress=progress)
+        stats["wall_seconds"] = time.perf_counter() - start
+        stats["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, " \
+                           f"{default_device().type}"
+        save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                            "info": stats})
+        scenario.info.update(stats, cache_hit=False)
+    scenario.model = model
+    scenario.metrics = scenario.evaluate()
+    return scenario

@@ -1,0 +1,95 @@
+"""Cache locations, stable hashing and atomic file writes.
+
+Everything expensive (decoded datasets, trained models, defense results) is stored under
+``cache_dir()`` with a name derived from ``config_hash`` of everything that determines it.
+Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
+run never leaves a half-written file behind; a file that fails to load is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    """``$UPGP_CACHE`` if set, else ``.cache/`` in the project checkout, else ``~/.cache/upgp``."""
+    if os.environ.get("UPGP_CACHE"):
+        path = Path(os.environ["UPGP_CACHE"])
+    elif (_PROJECT_ROOT / "pyproject.toml").exists():
+        path = _PROJECT_ROOT / ".cache"
+    else:
+        path = Path.home() / ".cache" / "upgp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def config_hash(*parts: Any, length: int = 16) -> str:
+    """A short, stable hex digest of JSON-serialisable parts (dataclasses and dicts included)."""
+    blob = json.dumps(_jsonable(parts), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tensors(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a dict of tensors and plain values."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_tensors(path: Path) -> dict[str, Any] | None:
+    """Load what ``save_tensors`` wrote, safely (``weights_only=True``).
+
+    Returns None when the file is missing; a corrupt file is reported, deleted and treated as
+    missing, so the caller rebuilds it.
+    """
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a dict, found {type(obj).__name__}")
+        return obj
+    except Exception as err:  # any failure to load means the cache cannot be trusted
+        warnings.warn(f"corrupt cache file {path} ({err}); rebuilding it", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    text = json.dumps(_jsonable(obj), indent=2, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))

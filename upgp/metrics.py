@@ -1,0 +1,83 @@
+"""Backdoor metrics (ACC, ASR, RA, DER) and detection metrics (AUROC, TPR, FPR, precision...).
+
+ACC: accuracy on the clean test set. ASR: share of triggered non-target test images predicted as
+the target. RA: share of the same images predicted as their true class.
+DER = (max(0, ASR_before - ASR_after) - max(0, ACC_before - ACC_after) + 1) / 2 (BackdoorBench).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import Tensor, nn
+
+from .train import predict
+
+
+def backdoor_metrics(model: nn.Module, x_test: Tensor, y_test: Tensor, x_triggered: Tensor,
+                     y_triggered: Tensor, target: int, bf16: bool = True,
+                     batch_size: int = 1024) -> dict[str, float]:
+    """ACC on the clean test set; ASR and RA on the triggered non-target test images (in %)."""
+    clean = predict(model, x_test, batch_size, bf16)
+    trig = predict(model, x_triggered, batch_size, bf16)
+    return {
+        "acc": 100 * (clean == y_test).float().mean().item(),
+        "asr": 100 * (trig == target).float().mean().item(),
+        "ra": 100 * (trig == y_triggered).float().mean().item(),
+    }
+
+
+def der(before: dict[str, float], after: dict[str, float]) -> float:
+    """Defense effectiveness rating in % (BackdoorBench): (max(0, dASR) - max(0, dACC) + 1) / 2."""
+    d_asr = max(0.0, before["asr"] - after["asr"]) / 100
+    d_acc = max(0.0, before["acc"] - after["acc"]) / 100
+    return 100 * (d_asr - d_acc + 1) / 2
+
+
+def detection_metrics(is_poisoned: Tensor | np.ndarray, flagged: Tensor | np.ndarray,
+                      suspicion: Tensor | np.ndarray | None = None) -> dict[str, float]:
+    """Detection quality of a flagged set against the recorded poison mask.
+
+    ``suspicion``: higher = more likely poisoned; gives AUROC when both classes are present.
+    """
+    truth = np.asarray(is_poisoned, dtype=bool)
+    flag = np.zeros_like(truth)
+    flag[np.asarray(flagged, dtype=np.int64)] = True
+    tp = int((flag & truth).sum())
+    fp = int((flag & ~truth).sum())
+    fn = int((~flag & truth).sum())
+    tn = int((~flag & ~truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    out = {
+        "flagged": int(flag.sum()),
+        "true_poisoned": int(truth.sum()),
+        "tpr": recall,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+    }
+    if suspicion is not None:
+        out["auroc"] = auroc(truth, suspicion)
+    return out
+
+
+def auroc(is_poisoned: Tensor | np.ndarray, suspicion: Tensor | np.ndarray) -> float:
+    """Area under the ROC curve of ``suspicion`` for the poison mask (nan if one class only)."""
+    truth = np.asarray(is_poisoned, dtype=bool)
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(roc_auc_score(truth, _numpy(suspicion)))
+
+
+def roc(is_poisoned: Tensor | np.ndarray, suspicion: Tensor | np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) points of the ROC curve, for plotting."""
+    fpr, tpr, _ = roc_curve(np.asarray(is_poisoned, dtype=bool), _numpy(suspicion))
+    return fpr, tpr
+
+
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

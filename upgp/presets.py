@@ -1,0 +1,74 @@
+"""Presets: every setting of a run as data, one frozen dataclass per scale, overridden by field.
+
+- ``smoke``: the synthetic dataset, a tiny model, seconds on a CPU (tests and CI).
+- ``cpu``: full CIFAR-10 training set, width 16, bf16, 12 epochs; minutes per model on a CPU.
+  Results at this preset are CPU-scale and are labelled so.
+- ``paper``: width 64, 100 epochs, SGD lr 0.01 cosine, batch 128 (BackdoorBench's defaults); GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings shared by training, attacks and defenses at one scale."""
+
+    name: str
+    dataset: str = "cifar10"  # "cifar10" or "synthetic"
+    width: int = 16  # base channels (64 = the standard networks)
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" or "cosine"
+    bf16: bool = True  # bfloat16 autocast (CPU and CUDA)
+    reserve_ratio: float = 0.05  # clean defense reserve, share of the training set
+    poison_ratio: float = 0.1  # share of the (non-reserve) training set that is poisoned
+    target: int = 0  # all-to-one target label
+    eval_batch: int = 1024
+
+    def __post_init__(self) -> None:
+        for field in ("reserve_ratio", "poison_ratio"):
+            value = getattr(self, field)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{field.replace('_', ' ')} {value} is outside (0, 1)")
+        if self.schedule not in ("onecycle", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: cosine, onecycle")
+        if self.dataset not in ("cifar10", "synthetic"):
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: cifar10, synthetic")
+        if self.epochs < 1 or self.batch_size < 1 or self.width < 1:
+            raise ValueError("epochs, batch size and width must be positive integers")
+
+    def scale_label(self) -> str:
+        """How results at this preset must be described next to the paper's."""
+        return {
+            "smoke": "smoke test on synthetic data (not a result)",
+            "cpu": "CPU-scale (not the paper's scale)",
+            "paper": "paper-scale settings",
+        }.get(self.name, f"custom preset {self.name}")
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(name="smoke", dataset="synthetic", width=8, epochs=8, batch_size=128, lr=0.05,
+                    bf16=False, eval_batch=512),
+    "cpu": Preset(name="cpu"),
+    "paper": Preset(name="paper", width=64, epochs=100, batch_size=128, lr=0.01,
+                    schedule="cosine", bf16=True),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """The preset ``name`` with the given fields replaced (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(f"unknown preset field(s) {unknown}; choose from: {', '.join(sorted(fields))}")
+    return dataclasses.replace(PRESETS[name], **changes)
