@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("UPGP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

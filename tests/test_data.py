@@ -62,3 +62,18 @@ def test_unknown_preset_and_field():
         get_preset("cpu", colour=1)
     with pytest.raises(ValueError, match=r"poison ratio 1.2 is outside \(0, 1\)"):
         get_preset("cpu", poison_ratio=1.2)
+
+
+def test_image_folder_from_archive(tmp_path):
+    import tarfile
+
+    root = tmp_path / "copy"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (10, 20, 30)).save(root / split / c / "0.png")
+    archive = tmp_path / "copy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="copy")
+    data = load_dataset("cifar10", archive)
+    assert data.x_train.shape == (2, 3, 32, 32) and data.classes == ("a", "b")

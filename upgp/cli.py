@@ -70,12 +70,62 @@ def cmd_train(args: argparse.Namespace) -> None:
     _finish(result, args.out)
 
 
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs -> typed UPGP settings (JSON literals, else strings)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"setting {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_defend(args: argparse.Namespace) -> None:
+    from .experiments import run_upgp
+    from .method import UPGPConfig
+
+    if args.defense != "upgp":
+        raise ValueError(f"unknown defense {args.defense!r}; choose one of: upgp")
+    settings = _parse_settings(args.set)
+    if args.no_projection:
+        settings["projection"] = "none"
+    config = UPGPConfig(seed=args.seed).replace(**settings)
+    sc = _load(args)
+    config = config.replace(bf16=sc.preset.bf16) if "bf16" not in settings else config
+    run = run_upgp(sc, config)
+    r = run.result
+    d = r["run"]
+    print(f"{d['attack']} / {d['arch']} (width {d['width']}) / preset {d['preset']} "
+          f"[{d['scale']}] / seed {d['seed']} / {d['data']}")
+    print(f"before: {_fmt(r['before'])}")
+    print(f"after UPGP (projection {config.projection}): {_fmt(r['after'])}  DER {r['der']:.2f}")
+    det = r["detection"]
+    print(f"detection: AUROC {det['auroc']:.4f}  flagged {det['flagged']}/{det['true_poisoned']}  "
+          f"precision {det['precision']:.3f}  recall {det['recall']:.3f}  FPR {det['fpr']:.4f}")
+    sec = r["upgp"]["seconds"]
+    print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in sec.items())
+          + f"  (one training epoch {r['train_epoch_seconds']:.1f})")
+    _finish(r, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upgp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train (or load) a backdoored model and evaluate it")
     _scenario_args(p_train)
     p_train.set_defaults(func=cmd_train)
+    p_def = sub.add_parser("defend", help="run a defense on a (cached) backdoored model")
+    _scenario_args(p_def)
+    p_def.add_argument("--defense", default="upgp", help="one of: upgp")
+    p_def.add_argument("--no-projection", action="store_true",
+                       help="unlearn without the null-space projection (ablation)")
+    p_def.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a UPGPConfig field, e.g. --set projection=layer")
+    p_def.set_defaults(func=cmd_defend)
     return parser
 
 

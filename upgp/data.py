@@ -4,7 +4,8 @@ All images are ``(N, 3, H, W)`` uint8 tensors with int64 labels; models receive 
 normalise internally. Decoding happens once; the decoded tensors are cached on disk.
 
 Where CIFAR-10 comes from, in order: the ``data`` argument (``--data PATH``), the ``UPGP_DATA``
-environment variable, else torchvision's download into the cache folder.
+environment variable (an ImageFolder directory with train/ and test/, or a .tar.gz of one), else
+torchvision's download into the cache folder.
 """
 
 from __future__ import annotations
@@ -95,9 +96,37 @@ def _folder_fingerprint(root: Path) -> list[int]:
     return [count, size]
 
 
+def unpack_archive(archive: Path) -> Path:
+    """Extract a .tar/.tar.gz/.tgz once into the cache; return the folder holding train/ and test/."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    key = config_hash("archive", str(archive), archive.stat().st_size, archive.stat().st_mtime)
+    target = cache_dir() / "data" / f"{archive.name.split('.')[0]}-{key}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)  # atomic: a half-extracted folder never carries the final name
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    found = [p.parent for p in sorted(target.rglob("train")) if (p.parent / "test").is_dir()]
+    if not found:
+        raise DataUnavailableError(f"archive {archive} holds no folder with train/ and test/")
+    return found[0]
+
+
 def load_image_folder(path: str | Path) -> ImageData:
-    """Load ``path/train/<class>/*`` and ``path/test/<class>/*`` (decoded once, then cached)."""
+    """Load ``path/train/<class>/*`` and ``path/test/<class>/*`` (decoded once, then cached).
+
+    ``path`` may also be a .tar.gz/.tgz/.tar archive of such a folder (unpacked once).
+    """
     root = Path(path).expanduser().resolve()
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        root = unpack_archive(root)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise DataUnavailableError(
             f"data folder {root} must contain train/ and test/ with one folder per class"

@@ -135,3 +135,33 @@ def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resne
     scenario.model = model
     scenario.metrics = scenario.evaluate()
     return scenario
+
+
+@dataclass
+class DefenseRun:
+    """A defended model, the defense's own report, and a JSON-able result row."""
+
+    model: nn.Module
+    report: Any
+    result: dict[str, Any]
+
+
+def run_upgp(scenario: Scenario, config: "UPGPConfig | None" = None,
+             flagged: Tensor | None = None) -> DefenseRun:
+    """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection)."""
+    from .method import UPGPConfig, upgp_defend
+    from .metrics import der
+
+    config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
+    start = time.perf_counter()
+    model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
+                                (scenario.reserve_x, scenario.reserve_y), config, flagged)
+    wall = time.perf_counter() - start
+    after = scenario.evaluate(model)
+    result = {"run": scenario.describe(), "defense": "upgp", "config": config,
+              "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
+              "detection": report.detection.evaluate(scenario.train.is_poisoned),
+              "upgp": report.summary(), "wall_seconds": wall,
+              "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
+              / scenario.preset.epochs}
+    return DefenseRun(model, report, result)

@@ -1,0 +1,35 @@
+"""End-to-end checks through the command line at the smoke preset (``pytest -m slow``)."""
+
+import json
+
+import pytest
+
+from upgp.attacks import ATTACKS
+from upgp.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_train_then_defend_each_attack(attack, tmp_path):
+    train_out, defend_out = tmp_path / "train.json", tmp_path / "defend.json"
+    common = ["--attack", attack, "--preset", "smoke", "--quiet"]
+    assert main(["train", *common, "--out", str(train_out)]) == 0
+    assert main(["defend", *common, "--out", str(defend_out)]) == 0
+    trained, defended = json.loads(train_out.read_text()), json.loads(defend_out.read_text())
+    assert defended["before"] == trained["no_defense"]
+    assert set(defended["after"]) == {"acc", "asr", "ra"}
+    assert 0 <= defended["detection"]["auroc"] <= 1
+    assert set(defended["upgp"]["seconds"]) == {"perturbation", "scoring", "detection", "removal"}
+    assert defended["run"]["preset"] == "smoke"
+
+
+def test_no_projection_uses_same_flagged_set(tmp_path):
+    outs = []
+    for extra in ([], ["--no-projection"]):
+        out = tmp_path / f"d{len(extra)}.json"
+        assert main(["defend", "--attack", "blended", "--preset", "smoke", "--quiet",
+                     "--out", str(out), *extra]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["detection"] == outs[1]["detection"]
+    assert outs[0]["config"]["projection"] == "vector" and outs[1]["config"]["projection"] == "none"

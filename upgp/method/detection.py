@@ -1,0 +1,73 @@
+"""Step 3 of UPGP: flag the samples whose sensitivity is abnormally low.
+
+Neither rule knows the poisoning ratio:
+- ``robust_z``: z_i = (s_i - median(s)) / (1.4826 MAD(s)); flag z_i < -threshold. With
+  ``per_class=True`` the median and MAD are taken over the samples of each label.
+- ``gmm``: a two-component Gaussian mixture on log(s - min(s) + eps); flag the samples whose
+  posterior for the low-mean component exceeds 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..metrics import detection_metrics
+
+RULES = ("robust_z", "gmm")
+
+
+def robust_z(scores: Tensor, labels: Tensor | None = None) -> Tensor:
+    """(s - median) / (1.4826 * MAD), over all samples or, given labels, within each label."""
+    scores = scores.double()
+    groups = [torch.arange(len(scores))] if labels is None else [
+        (labels == c).nonzero().flatten() for c in labels.unique()]
+    z = torch.empty_like(scores)
+    for idx in groups:
+        s = scores[idx]
+        med = s.median()
+        mad = (s - med).abs().median().clamp_min(1e-12)
+        z[idx] = (s - med) / (1.4826 * mad)
+    return z.float()
+
+
+@dataclass
+class Detection:
+    """Flagged sample indices, a suspicion score (higher = more suspicious) and the rule used."""
+
+    flagged: Tensor
+    suspicion: Tensor
+    rule: str
+    threshold: float
+
+    def evaluate(self, is_poisoned: Tensor) -> dict[str, float]:
+        """Detection metrics against the recorded poison mask (evaluation only)."""
+        return detection_metrics(is_poisoned, self.flagged, self.suspicion)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rule": self.rule, "threshold": self.threshold, "flagged": len(self.flagged)}
+
+
+def detect(scores: Tensor, labels: Tensor | None = None, rule: str = "robust_z",
+           threshold: float = 2.5, per_class: bool = False, seed: int = 0) -> Detection:
+    """Flag insensitive samples (low ``scores``) by ``rule``; see the module docstring."""
+    if rule not in RULES:
+        raise ValueError(f"unknown detection rule {rule!r}; choose one of: {', '.join(RULES)}")
+    z = robust_z(scores, labels if per_class else None)
+    suspicion = -z
+    if rule == "robust_z":
+        flagged = (z < -threshold).nonzero().flatten()
+        return Detection(flagged, suspicion, rule, threshold)
+    from sklearn.mixture import GaussianMixture
+
+    values = scores.double().numpy()
+    feature = np.log(values - values.min() + 1e-6)[:, None]
+    gmm = GaussianMixture(2, random_state=seed).fit(feature)
+    low = int(np.argmin(gmm.means_[:, 0]))
+    posterior = gmm.predict_proba(feature)[:, low]
+    flagged = torch.from_numpy(np.flatnonzero(posterior > 0.5))
+    return Detection(flagged, suspicion, rule, 0.5)

@@ -1,0 +1,92 @@
+"""Step 2 of UPGP: per-sample unlearning sensitivity, and the gradient inner products behind it.
+
+s_i = l_i(theta_0 + dtheta_N) - l_i(theta_0) ~ <g_i, dtheta_N> ~ eta * <g_i, g_N> (method.md, eq. 2).
+Clean samples share features with N, so their loss rises; backdoor samples lean on the trigger,
+whose gradient is nearly orthogonal to g_N, so their loss barely moves.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from ..train import autocast, batches, to_float
+
+SCORES = ("loss_after", "loss_change", "confidence_change")
+
+
+@torch.no_grad()
+def per_sample_outputs(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024,
+                       bf16: bool = True) -> tuple[Tensor, Tensor]:
+    """(cross-entropy, softmax probability of the label) for every sample, eval mode, on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    losses, probs = [], []
+    for idx in batches(len(x), batch_size):
+        with autocast(device, bf16):
+            logits = model(to_float(x[idx], device))
+        logp = F.log_softmax(logits.float(), 1).gather(1, y[idx].to(device)[:, None])[:, 0]
+        losses.append(-logp.cpu())
+        probs.append(logp.exp().cpu())
+    return torch.cat(losses), torch.cat(probs)
+
+
+def sensitivity_scores(model: nn.Module, perturbed: nn.Module, x: Tensor, y: Tensor,
+                       score: str = "loss_after", batch_size: int = 1024,
+                       bf16: bool = True) -> Tensor:
+    """One score per sample; *low* means insensitive to the unlearning perturbation.
+
+    ``loss_after``: l_i(theta_0 + dtheta_N). ``loss_change``: l_i(theta_0 + dtheta_N) - l_i(theta_0).
+    ``confidence_change``: p_y(theta_0) - p_y(theta_0 + dtheta_N) (the drop in confidence).
+    """
+    if score not in SCORES:
+        raise ValueError(f"unknown sensitivity score {score!r}; choose one of: {', '.join(SCORES)}")
+    loss_after, prob_after = per_sample_outputs(perturbed, x, y, batch_size, bf16)
+    if score == "loss_after":
+        return loss_after
+    loss_before, prob_before = per_sample_outputs(model, x, y, batch_size, bf16)
+    if score == "loss_change":
+        return loss_after - loss_before
+    return prob_before - prob_after
+
+
+def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> Tensor:
+    """Flattened per-sample cross-entropy gradients g_i, shape (N, P), float32, eval-mode BN.
+
+    Uses ``torch.func``: vmap over ``grad`` of a functional call on one sample.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        logits = functional_call(model, (p, buffers), (xi[None],))
+        return F.cross_entropy(logits, yi[None])
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    out = []
+    for idx in batches(len(x), batch_size):
+        g = per_sample(params, to_float(x[idx], device).contiguous(), y[idx].to(device))
+        out.append(torch.cat([g[k].flatten(1) for k in params], 1).cpu())
+    return torch.cat(out)
+
+
+def flat_delta(model: nn.Module, delta: dict[str, Tensor]) -> Tensor:
+    """A parameter-change dict flattened in ``model.named_parameters()`` order."""
+    return torch.cat([delta[k].flatten().cpu() for k, _ in model.named_parameters()])
+
+
+def gradient_inner_products(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor,
+                            x: Tensor, y: Tensor, batch_size: int = 64) -> Tensor:
+    """<g_N, g_i> for each sample i, with g_N the mean gradient over the reserve (method.md §2)."""
+    g_normal = per_sample_gradients(model, x_reserve, y_reserve, batch_size).mean(0)
+    return per_sample_gradients(model, x, y, batch_size) @ g_normal
+
+
+def first_order_loss_change(model: nn.Module, delta: dict[str, Tensor], x: Tensor, y: Tensor,
+                            batch_size: int = 64) -> Tensor:
+    """Predicted loss change <g_i, dtheta> for each sample (first-order Taylor expansion)."""
+    return per_sample_gradients(model, x, y, batch_size) @ flat_delta(model, delta)

@@ -1,0 +1,148 @@
+"""Step 4 of UPGP, the loop: unlearn the flagged set B from theta_0 along projected gradients.
+
+At each step: g_u = grad of the unlearning loss on a batch of B (with B's own, possibly poisoned,
+labels), n = grad of the cross-entropy on a batch of the reserve N, then a plain SGD step along
+the projection of g_u that removes its component along n (or the chosen variant, see
+``projection.py``). Stopping looks only at what a defender has: the accuracy of B on its labels,
+and the accuracy on a held-out part of N.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..train import accuracy, autocast, batches, to_float
+from .projection import (PROJECTIONS, gpm_bases, orthonormal_basis, project_gpm, project_out,
+                         project_out_per_layer, project_out_subspace)
+
+REMOVAL_LOSSES = ("ascent", "bounded")
+
+
+def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
+    """``ascent``: -CE(f(x), y). ``bounded``: -log(1 - p_y), which falls to 0 as p_y -> 0 and so
+    cannot diverge."""
+    if kind == "ascent":
+        return -F.cross_entropy(logits, y)
+    if kind == "bounded":
+        p_y = F.softmax(logits.float(), 1).gather(1, y[:, None])[:, 0]
+        return -torch.log1p(-p_y.clamp(max=1 - 1e-6)).mean()
+    raise ValueError(f"unknown removal loss {kind!r}; choose one of: {', '.join(REMOVAL_LOSSES)}")
+
+
+@dataclass
+class RemovalLog:
+    steps: int = 0
+    stop_reason: str = ""
+    flagged_accuracy: list[float] = field(default_factory=list)
+    holdout_accuracy: list[float] = field(default_factory=list)
+    mean_abs_cosine: float = 0.0  # mean |cos(g_u, n)| before projection
+
+
+def _grads(model: nn.Module, loss: Tensor) -> list[Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return list(torch.autograd.grad(loss, params))
+
+
+def _batch_loss(model: nn.Module, x: Tensor, y: Tensor, kind: str | None, bf16: bool) -> Tensor:
+    device = next(model.parameters()).device
+    with autocast(device, bf16):
+        logits = model(to_float(x, device))
+    y = y.to(device)
+    return F.cross_entropy(logits, y) if kind is None else removal_loss(logits, y, kind)
+
+
+def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
+                         x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
+                         y_holdout: Tensor, projection: str = "vector", loss: str = "ascent",
+                         lr: float = 2e-4, batch_size: int = 128, max_steps: int = 300,
+                         stop_flagged_accuracy: float = 0.1, max_holdout_drop: float = 0.03,
+                         check_every: int = 10, subspace_k: int = 4, gpm_energy: float = 0.97,
+                         seed: int = 0, bf16: bool = True) -> tuple[nn.Module, RemovalLog]:
+    """Return a copy of ``model`` with the flagged set unlearned, and the log of the loop.
+
+    Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, when the
+    held-out reserve accuracy has dropped by more than ``max_holdout_drop`` (the last step is then
+    undone), or after ``max_steps``.
+    """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; choose one of: {', '.join(PROJECTIONS)}")
+    if len(x_flagged) == 0:
+        return copy.deepcopy(model), RemovalLog(stop_reason="nothing flagged")
+    model = copy.deepcopy(model).eval()  # BN in eval mode: flagged batches must not move its stats
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    bases = gpm_bases(model, x_reserve, gpm_energy, seed=seed) if projection == "gpm" else None
+    gen = torch.Generator().manual_seed(seed)
+    log = RemovalLog()
+    base_holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+    log.holdout_accuracy.append(base_holdout)
+    log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
+    cos_sum = 0.0
+
+    def reserve_batches():
+        while True:
+            yield from batches(len(x_reserve), batch_size, gen, drop_last=True)
+
+    def flagged_batches():
+        while True:
+            yield from batches(len(x_flagged), batch_size, gen)
+
+    normal_iter, flagged_iter = reserve_batches(), flagged_batches()
+    snapshot = [p.detach().clone() for p in params]
+    while log.steps < max_steps:
+        idx = next(flagged_iter)
+        g = _grads(model, _batch_loss(model, x_flagged[idx], y_flagged[idx], loss, bf16))
+        if projection != "none":
+            normals = []
+            for _ in range(subspace_k if projection == "subspace" else 1):
+                jdx = next(normal_iter)
+                normals.append(_grads(model, _batch_loss(model, x_reserve[jdx], y_reserve[jdx],
+                                                         None, bf16)))
+            n = normals[0]
+            cos = _cosine(g, n)
+            cos_sum += abs(cos)
+            if projection == "vector":
+                g = project_out(g, n)
+            elif projection == "layer":
+                g = project_out_per_layer(g, n)
+            elif projection == "subspace":
+                g = project_out_subspace(g, orthonormal_basis(normals))
+            else:
+                projected = project_gpm(dict(zip(names, g)), bases)
+                g = [projected[k] for k in names]
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.sub_(lr * gi)
+        log.steps += 1
+        if log.steps % check_every == 0 or log.steps == max_steps:
+            holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+            if base_holdout - holdout > max_holdout_drop:
+                with torch.no_grad():  # undo back to the last accepted check
+                    for p, s in zip(params, snapshot):
+                        p.copy_(s)
+                log.stop_reason = "held-out reserve accuracy dropped"
+                break
+            snapshot = [p.detach().clone() for p in params]
+            flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
+            log.holdout_accuracy.append(holdout)
+            log.flagged_accuracy.append(flagged)
+            if flagged <= stop_flagged_accuracy:
+                log.stop_reason = "flagged set unlearned"
+                break
+    else:
+        log.stop_reason = "step budget"
+    if projection != "none":
+        log.mean_abs_cosine = cos_sum / max(1, log.steps)
+    return model, log
+
+
+def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
+    dot = sum((x * y).sum() for x, y in zip(a, b))
+    na = sum((x * x).sum() for x in a).sqrt()
+    nb = sum((y * y).sum() for y in b).sqrt()
+    return float(dot / (na * nb).clamp_min(1e-30))
