@@ -25,7 +25,7 @@ def test_perturbation_stops_at_accuracy_and_leaves_model(smoke_scenario):
 
 
 def test_upgp_detects_and_removes_synthetic_backdoor(smoke_scenario):
-    result = run_upgp(smoke_scenario, UPGPConfig(bf16=False)).result
+    result = run_upgp(smoke_scenario, UPGPConfig(bf16=False), use_cache=False).result
     assert result["detection"]["auroc"] >= 0.95, result["detection"]
     assert result["after"]["asr"] < result["before"]["asr"] - 50, result
     assert result["after"]["acc"] > result["before"]["acc"] - 10, result

@@ -123,3 +123,16 @@ def test_per_sample_gradients_match_autograd_loop():
         loss = F.cross_entropy(model(x[i:i + 1].float() / 255), y[i:i + 1])
         g = torch.autograd.grad(loss, list(model.parameters()))
         assert torch.allclose(fast[i], torch.cat([t.flatten() for t in g]), atol=1e-5, rtol=1e-4)
+
+
+def test_mean_gradient_and_inner_products_agree_with_per_sample():
+    from upgp.method import gradient_inner_products, mean_gradient
+
+    torch.manual_seed(3)
+    model = create_model("vgg16_bn", width=2).eval()
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (6,))
+    g = per_sample_gradients(model, x, y)
+    assert torch.allclose(mean_gradient(model, x, y, batch_size=4), g.mean(0), atol=1e-6)
+    ips = gradient_inner_products(model, x[:3], y[:3], x, y)
+    assert torch.allclose(ips, g @ g[:3].mean(0), rtol=1e-4, atol=1e-6)

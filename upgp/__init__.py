@@ -1,10 +1,12 @@
 """UPGP-book: backdoor detection by unlearning perturbation, removal by null-space projection."""
 
 from .attacks import ATTACKS, create_attack
-from .experiments import Scenario, backdoored_model, build_scenario
+from .experiments import DefenseRun, Scenario, backdoored_model, build_scenario, run_upgp
+from .method import UPGPConfig, project_out, upgp_defend
 from .models import MODELS, create_model
 from .presets import PRESETS, Preset, get_preset
 
-__all__ = ["ATTACKS", "MODELS", "PRESETS", "Preset", "Scenario", "backdoored_model",
-           "build_scenario", "create_attack", "create_model", "get_preset"]
+__all__ = ["ATTACKS", "MODELS", "PRESETS", "DefenseRun", "Preset", "Scenario", "UPGPConfig",
+           "backdoored_model", "build_scenario", "create_attack", "create_model", "get_preset",
+           "project_out", "run_upgp", "upgp_defend"]
 __version__ = "0.1.0"

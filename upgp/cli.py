@@ -1,4 +1,4 @@
-"""Command line: ``upgp train`` and ``upgp defend``.
+"""Command line: ``upgp train``, ``upgp defend``, ``upgp reproduce`` and ``upgp run``.
 
 Every command prints its numbers with the preset, seed, data copy and model width, and can write
 them to ``--out result.json``. Bad names or values end with one line naming the allowed ones.
@@ -112,6 +112,27 @@ def cmd_defend(args: argparse.Namespace) -> None:
     _finish(r, args.out)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import reproduce
+
+    table = reproduce(args.preset, args.only or None)
+    print(table.to_string(index=False))
+    if (table.status != "ok").any():
+        raise SystemExit(1)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .reproduce import run_one
+
+    params: dict[str, Any] = {}
+    for key, value in args.p:
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    run_one(args.notebook, params, args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upgp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_def.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a UPGPConfig field, e.g. --set projection=layer")
     p_def.set_defaults(func=cmd_defend)
+    p_rep = sub.add_parser("reproduce", help="execute the book's notebooks with papermill")
+    p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
+    p_rep.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")
+    p_rep.set_defaults(func=cmd_reproduce)
+    p_run = sub.add_parser("run", help="rerun one notebook with other parameters into runs/")
+    p_run.add_argument("notebook", help="notebook name, number or path")
+    p_run.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="parameter, e.g. -p attack wanet")
+    p_run.add_argument("--output", type=Path, help="output folder (default runs/<name>-<params>)")
+    p_run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -7,7 +7,9 @@ poisoned set (cached under a hash of everything that determines it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -139,29 +141,123 @@ def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resne
 
 @dataclass
 class DefenseRun:
-    """A defended model, the defense's own report, and a JSON-able result row."""
+    """A defense's JSON-able result row, plus what a fresh (uncached) run also returns.
 
-    model: nn.Module
-    report: Any
+    ``scores``/``flagged``/``suspicion``: the training-set sensitivity scores, the flagged indices
+    and the suspicion ranking (kept in the cache, for plots). ``model`` and ``report`` are None
+    when the result came from the cache.
+    """
+
     result: dict[str, Any]
+    scores: Tensor
+    flagged: Tensor
+    suspicion: Tensor
+    model: nn.Module | None = None
+    report: Any = None
 
 
 def run_upgp(scenario: Scenario, config: "UPGPConfig | None" = None,
-             flagged: Tensor | None = None) -> DefenseRun:
-    """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection)."""
+             flagged: Tensor | None = None, use_cache: bool = True) -> DefenseRun:
+    """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection).
+
+    Results are cached under the backdoored model, the config and the given flagged set, so
+    notebooks and the CLI share finished runs.
+    """
     from .method import UPGPConfig, upgp_defend
     from .metrics import der
 
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
+    key = config_hash(model_cache_path(scenario).name, config,
+                      None if flagged is None else flagged.tolist())
+    path = cache_dir() / "defenses" / f"upgp-{scenario.attack.name}-{scenario.arch}-{key}.pt"
+    cached = load_tensors(path) if use_cache else None
+    if cached is not None:
+        return DefenseRun(json.loads(cached["result"]), cached["scores"], cached["flagged"],
+                          cached["suspicion"])
     start = time.perf_counter()
     model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
                                 (scenario.reserve_x, scenario.reserve_y), config, flagged)
     wall = time.perf_counter() - start
     after = scenario.evaluate(model)
-    result = {"run": scenario.describe(), "defense": "upgp", "config": config,
+    result = {"run": scenario.describe(), "defense": "upgp", "config": dataclasses.asdict(config),
               "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
               "detection": report.detection.evaluate(scenario.train.is_poisoned),
               "upgp": report.summary(), "wall_seconds": wall,
               "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
               / scenario.preset.epochs}
-    return DefenseRun(model, report, result)
+    run = DefenseRun(result, report.scores, report.detection.flagged, report.detection.suspicion,
+                     model, report)
+    save_tensors(path, {"result": json.dumps(result, default=str), "scores": run.scores,
+                        "flagged": run.flagged, "suspicion": run.suspicion})
+    return run
+
+
+def sensitivity_analysis(scenario: Scenario, config: "UPGPConfig | None" = None
+                         ) -> dict[str, Any]:
+    """Steps 1-2 of UPGP only: the perturbation and every sample's score, with AUROC.
+
+    Returns scores (one per training sample), the poison mask (evaluation only), the reserve
+    accuracy trajectory and the detection AUROC of the score (low score = suspicious).
+    """
+    from .method import UPGPConfig, sensitivity_scores, split_holdout, unlearning_perturbation
+    from .metrics import auroc
+
+    config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
+    x_fit, y_fit, _, _ = split_holdout(scenario.reserve_x, scenario.reserve_y,
+                                       config.holdout_ratio, config.seed)
+    pert = unlearning_perturbation(scenario.model, x_fit, y_fit, config.perturb_loss,
+                                   config.perturb_lr, config.perturb_batch,
+                                   config.perturb_max_steps, config.perturb_stop_accuracy,
+                                   config.clip_norm, config.seed, config.bf16)
+    scores = sensitivity_scores(scenario.model, pert.model, scenario.train.x, scenario.train.y,
+                                config.score, bf16=config.bf16)
+    truth = scenario.train.is_poisoned
+    return {"scores": scores, "is_poisoned": truth, "steps": pert.steps,
+            "reserve_accuracy": pert.reserve_accuracy, "auroc": auroc(truth, -scores),
+            "perturbation": pert}
+
+
+def learning_dynamics(scenario: Scenario, n_samples: int = 256,
+                      config: "UPGPConfig | None" = None) -> dict[str, Any]:
+    """The gradient geometry behind the sensitivity gap (method.md §2), on a sample of D.
+
+    For ``n_samples`` clean and ``n_samples`` poisoned training samples: <g_N, g_i> and
+    cos(g_N, g_i) with g_N the mean reserve gradient, the first-order predicted loss change
+    <g_i, dtheta> for a one-step and for the full unlearning perturbation, and the measured change.
+    """
+    from .method import (UPGPConfig, flat_delta, mean_gradient, per_sample_dot, per_sample_outputs,
+                         split_holdout, unlearning_perturbation)
+
+    config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
+    gen = torch.Generator().manual_seed(scenario.seed)
+    truth = scenario.train.is_poisoned
+    pick = []
+    for mask in (~truth, truth):
+        idx = mask.nonzero().flatten()
+        pick.append(idx[torch.randperm(len(idx), generator=gen)[:n_samples]])
+    idx = torch.cat(pick)
+    x, y, poisoned = scenario.train.x[idx], scenario.train.y[idx], truth[idx]
+    x_fit, y_fit, _, _ = split_holdout(scenario.reserve_x, scenario.reserve_y,
+                                       config.holdout_ratio, config.seed)
+    model = scenario.model
+    g_normal = mean_gradient(model, x_fit, y_fit)
+    perts = {"one step": unlearning_perturbation(model, x_fit, y_fit, config.perturb_loss,
+                                                 config.perturb_lr, config.perturb_batch, 1,
+                                                 0.0, config.clip_norm, config.seed, False),
+             "full": unlearning_perturbation(model, x_fit, y_fit, config.perturb_loss,
+                                             config.perturb_lr, config.perturb_batch,
+                                             config.perturb_max_steps,
+                                             config.perturb_stop_accuracy, config.clip_norm,
+                                             config.seed, False)}
+    deltas = [flat_delta(model, p.delta(model)) for p in perts.values()]
+    dots = per_sample_dot(model, x, y, torch.stack([g_normal, *deltas], 1))
+    norms = per_sample_dot(model, x, y, None).norm(dim=1)  # holds 2n x P floats at once
+    loss_before, _ = per_sample_outputs(model, x, y, bf16=False)
+    out = {"poisoned": poisoned, "inner_product": dots[:, 0],
+           "cosine": dots[:, 0] / (norms * g_normal.norm()),
+           "g_normal_norm": float(g_normal.norm())}
+    for i, (name, pert) in enumerate(perts.items()):
+        loss_after, _ = per_sample_outputs(pert.model, x, y, bf16=False)
+        out[f"predicted {name}"] = dots[:, 1 + i]
+        out[f"measured {name}"] = loss_after - loss_before
+    return out

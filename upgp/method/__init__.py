@@ -24,8 +24,9 @@ from .detection import Detection, detect, robust_z
 from .perturbation import Perturbation, unlearning_perturbation
 from .projection import (gpm_bases, orthonormal_basis, project_gpm, project_out,
                          project_out_per_layer, project_out_subspace)
-from .sensitivity import (first_order_loss_change, gradient_inner_products, per_sample_gradients,
-                          sensitivity_scores)
+from .sensitivity import (first_order_loss_change, flat_delta, gradient_inner_products,
+                          mean_gradient, per_sample_dot, per_sample_gradients,
+                          per_sample_outputs, sensitivity_scores)
 from .unlearning import RemovalLog, projected_unlearning
 
 
@@ -43,7 +44,7 @@ class UPGPConfig:
     # 2. sensitivity score
     score: str = "loss_after"  # "loss_after", "loss_change", "confidence_change"
     # 3. detection
-    rule: str = "robust_z"  # "robust_z" or "gmm"
+    rule: str = "gmm"  # "gmm" or "robust_z"
     z_threshold: float = 2.5
     per_class: bool = False
     # 4. removal
@@ -53,7 +54,7 @@ class UPGPConfig:
     removal_batch: int = 128
     removal_max_steps: int = 300
     stop_flagged_accuracy: float = 0.1
-    max_holdout_drop: float = 0.03
+    max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
     check_every: int = 10
     subspace_k: int = 4
     gpm_energy: float = 0.97
@@ -145,7 +146,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
 
 
 __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport", "detect",
-           "first_order_loss_change", "gpm_bases", "gradient_inner_products", "orthonormal_basis",
-           "per_sample_gradients", "project_gpm", "project_out", "project_out_per_layer",
+           "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products", "orthonormal_basis",
+           "mean_gradient", "per_sample_dot", "per_sample_gradients",
+           "per_sample_outputs", "project_gpm", "project_out", "project_out_per_layer",
            "project_out_subspace", "projected_unlearning", "robust_z", "sensitivity_scores",
            "split_holdout", "unlearning_perturbation", "upgp_defend"]

@@ -52,13 +52,8 @@ def sensitivity_scores(model: nn.Module, perturbed: nn.Module, x: Tensor, y: Ten
     return prob_before - prob_after
 
 
-def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> Tensor:
-    """Flattened per-sample cross-entropy gradients g_i, shape (N, P), float32, eval-mode BN.
-
-    Uses ``torch.func``: vmap over ``grad`` of a functional call on one sample.
-    """
-    device = next(model.parameters()).device
-    model.eval()
+def _per_sample_grad_fn(model: nn.Module):
+    """vmap(grad(loss of one sample)) over a batch, with the model's current parameters."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -67,11 +62,43 @@ def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, batch_size: int
         return F.cross_entropy(logits, yi[None])
 
     per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    return lambda xb, yb: torch.cat([g.flatten(1) for g in per_sample(params, xb, yb).values()], 1)
+
+
+def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> Tensor:
+    """Flattened per-sample cross-entropy gradients g_i, shape (N, P), float32, eval-mode BN.
+
+    Uses ``torch.func``: vmap over ``grad`` of a functional call on one sample.
+    """
+    return per_sample_dot(model, x, y, None, batch_size)
+
+
+def per_sample_dot(model: nn.Module, x: Tensor, y: Tensor, vectors: Tensor | None,
+                   batch_size: int = 64) -> Tensor:
+    """G V: each sample's gradient g_i dotted with the columns of ``vectors`` (P x k), batch by
+    batch so that the (N x P) gradient matrix is never held; ``None`` returns G itself."""
+    device = next(model.parameters()).device
+    model.eval()
+    fn = _per_sample_grad_fn(model)
     out = []
     for idx in batches(len(x), batch_size):
-        g = per_sample(params, to_float(x[idx], device).contiguous(), y[idx].to(device))
-        out.append(torch.cat([g[k].flatten(1) for k in params], 1).cpu())
+        g = fn(to_float(x[idx], device).contiguous(), y[idx].to(device))
+        out.append((g if vectors is None else g @ vectors.to(device)).cpu())
     return torch.cat(out)
+
+
+def mean_gradient(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
+    """g_S: the flattened gradient of the mean cross-entropy over (x, y), eval-mode BN."""
+    device = next(model.parameters()).device
+    model.eval()
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for idx in batches(len(x), batch_size):
+        loss = F.cross_entropy(model(to_float(x[idx], device)), y[idx].to(device),
+                               reduction="sum") / len(x)
+        for t, g in zip(total, torch.autograd.grad(loss, params)):
+            t += g
+    return torch.cat([t.flatten() for t in total]).cpu()
 
 
 def flat_delta(model: nn.Module, delta: dict[str, Tensor]) -> Tensor:
@@ -82,11 +109,11 @@ def flat_delta(model: nn.Module, delta: dict[str, Tensor]) -> Tensor:
 def gradient_inner_products(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor,
                             x: Tensor, y: Tensor, batch_size: int = 64) -> Tensor:
     """<g_N, g_i> for each sample i, with g_N the mean gradient over the reserve (method.md §2)."""
-    g_normal = per_sample_gradients(model, x_reserve, y_reserve, batch_size).mean(0)
-    return per_sample_gradients(model, x, y, batch_size) @ g_normal
+    g_normal = mean_gradient(model, x_reserve, y_reserve)
+    return per_sample_dot(model, x, y, g_normal[:, None], batch_size)[:, 0]
 
 
 def first_order_loss_change(model: nn.Module, delta: dict[str, Tensor], x: Tensor, y: Tensor,
                             batch_size: int = 64) -> Tensor:
     """Predicted loss change <g_i, dtheta> for each sample (first-order Taylor expansion)."""
-    return per_sample_gradients(model, x, y, batch_size) @ flat_delta(model, delta)
+    return per_sample_dot(model, x, y, flat_delta(model, delta)[:, None], batch_size)[:, 0]

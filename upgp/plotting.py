@@ -1,0 +1,122 @@
+"""One plotting style for the book, and ``save_figure`` with stable names in PDF, SVG and PNG.
+
+Every saved figure carries a footer naming the preset, seed, commit and data copy of its run, so
+a figure cited out of context still says where it came from. Figures go to ``$UPGP_FIGURES``
+(set by ``upgp reproduce``/``upgp run``), else ``book/figures`` in the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+_ROOT = Path(__file__).resolve().parents[1]
+CLEAN, POISON = "#4C72B0", "#DD5555"
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 9,
+    "axes.labelsize": 9, "legend.fontsize": 8, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25, "svg.hashsalt": "upgp",
+    "pdf.fonttype": 42,
+}
+
+
+def use_style() -> None:
+    plt.rcParams.update(STYLE)
+
+
+def commit() -> str:
+    """Short git commit of the checkout (with ``+dirty`` if it has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=_ROOT, text=True, capture_output=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(run: dict[str, Any]) -> str:
+    """'preset cpu (CPU-scale ...) · seed 0 · width 16 · <data> · commit abc123'."""
+    return (f"preset {run['preset']} ({run['scale']}) · seed {run['seed']} · width {run['width']}"
+            f" · {run['data']} · commit {commit()}")
+
+
+def figure_dir() -> Path:
+    path = Path(os.environ.get("UPGP_FIGURES", _ROOT / "book" / "figures"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(fig: Figure, name: str, run: dict[str, Any]) -> list[Path]:
+    """Stamp the provenance footer on ``fig`` and save ``name``.{pdf,svg,png}."""
+    fig.text(0.01, 0.005, provenance(run), fontsize=6, color="0.4", ha="left", va="bottom",
+             wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    paths = []
+    for ext in ("pdf", "svg", "png"):
+        path = figure_dir() / f"{name}.{ext}"
+        fig.savefig(path, metadata={"Date": None} if ext in ("svg", "pdf") else None)
+        paths.append(path)
+    return paths
+
+
+def score_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], xlabel: str,
+                     log: bool = True) -> Figure:
+    """One panel per (title, clean scores, poisoned scores): overlaid density histograms."""
+    use_style()
+    cols = min(4, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.3), squeeze=False)
+    for ax, (title, clean, poison) in zip(axes.flat, panels):
+        values = np.concatenate([clean, poison])
+        if log:
+            values = np.log10(np.clip(values, 1e-6, None))
+            clean, poison = (np.log10(np.clip(v, 1e-6, None)) for v in (clean, poison))
+        bins = np.linspace(values.min(), values.max(), 60)
+        ax.hist(clean, bins, density=True, alpha=0.6, color=CLEAN, label="clean")
+        ax.hist(poison, bins, density=True, alpha=0.6, color=POISON, label="poisoned")
+        ax.set_title(title)
+        ax.set_xlabel(f"log10 {xlabel}" if log else xlabel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    return fig
+
+
+def roc_panel(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]], title: str) -> Figure:
+    """ROC curves: (label, FPR, TPR, AUROC) per method."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(3.4, 3.2))
+    for label, fpr, tpr, auc in curves:
+        ax.plot(fpr, tpr, label=f"{label} ({auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def before_after_bars(rows: Sequence[tuple[str, dict[str, float], dict[str, float]]]) -> Figure:
+    """Grouped bars of ACC/ASR/RA before and after a defense, one group per row label."""
+    use_style()
+    metrics = ("acc", "asr", "ra")
+    fig, axes = plt.subplots(1, 3, figsize=(8, 2.6), sharey=True)
+    x = np.arange(len(rows))
+    for ax, m in zip(axes, metrics):
+        ax.bar(x - 0.2, [r[1][m] for r in rows], 0.4, label="no defense", color="0.6")
+        ax.bar(x + 0.2, [r[2][m] for r in rows], 0.4, label="after", color=CLEAN)
+        ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
+        ax.set_title(m.upper() + " (%)")
+    axes[0].legend()
+    return fig

@@ -1,0 +1,124 @@
+"""Execute the book's notebooks with papermill: ``upgp reproduce`` and ``upgp run``.
+
+``reproduce(preset)`` runs every notebook in ``notebooks/`` with ``preset`` injected. The executed
+copies of the book's own preset (cpu) go to ``book/notebooks/`` and figures to ``book/figures/``;
+other presets write under ``runs/<preset>/`` so they never overwrite the published book. Tidy
+results go to ``results/<preset>/``. A failing notebook is reported; the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .io import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+BOOK_PRESET = "cpu"
+
+
+def notebooks() -> dict[str, Path]:
+    """The book's notebooks by name (file stem), in chapter order."""
+    return {p.stem: p for p in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))}
+
+
+def resolve(names: Iterable[str] | None) -> list[Path]:
+    """Notebook paths for names (a stem, its number prefix or a path); all when None."""
+    found = notebooks()
+    if not names:
+        return list(found.values())
+    out = []
+    for name in names:
+        stem = Path(name).stem
+        match = [p for s, p in found.items() if s == stem or s.split("_")[0] == stem]
+        if not match:
+            raise ValueError(f"unknown notebook {name!r}; choose one of: {', '.join(found)}")
+        out.append(match[0])
+    return out
+
+
+def results_dir(preset: str) -> Path:
+    """``$UPGP_RESULTS`` (set by the runner) or ``results/<preset>/``."""
+    path = Path(os.environ.get("UPGP_RESULTS", ROOT / "results" / preset))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
+    """Write a tidy results table atomically as ``<results dir>/<name>.csv``."""
+    path = results_dir(preset) / f"{name}.csv"
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return path
+
+
+def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: Path,
+            results: Path) -> float:
+    """Run one notebook with papermill; returns its wall time in seconds."""
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    env = {"UPGP_FIGURES": str(figures), "UPGP_RESULTS": str(results)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the runner's environment
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters,
+                            cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return time.perf_counter() - start
+
+
+def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
+              parameters: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Execute the notebooks at ``preset``; return (and save) a table of status and wall time."""
+    base = ROOT / "book" if preset == BOOK_PRESET else ROOT / "runs" / preset
+    results = ROOT / "results" / preset
+    rows = []
+    selected = resolve(only)
+    for i, nb in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {nb.stem} (preset {preset}) ...", flush=True)
+        try:
+            seconds = execute(nb, base / "notebooks" / nb.name,
+                              {"preset": preset, **(parameters or {})}, base / "figures", results)
+            rows.append({"notebook": nb.stem, "status": "ok", "seconds": round(seconds, 1)})
+            print(f"    ok in {seconds:.0f} s", flush=True)
+        except Exception as err:  # report and go on with the next notebook
+            rows.append({"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
+                         "seconds": float("nan")})
+            print(f"    FAILED: {err}".splitlines()[0][:300], flush=True)
+            traceback.print_exc(limit=1)
+    table = pd.DataFrame(rows)
+    times = results / "notebook_times.csv"
+    merged = table
+    if times.exists():
+        old = pd.read_csv(times)
+        merged = pd.concat([old[~old.notebook.isin(table.notebook)], table]).sort_values("notebook")
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write(times, lambda tmp: merged.to_csv(tmp, index=False))
+    return table
+
+
+def run_one(name: str, parameters: dict[str, Any], output: Path | None = None) -> Path:
+    """Rerun one notebook with other parameters into ``runs/`` (never over the book)."""
+    nb = resolve([name])[0]
+    tag = "-".join(f"{k}={v}" for k, v in sorted(parameters.items())) or "default"
+    base = output or ROOT / "runs" / f"{nb.stem}-{tag}"
+    preset = str(parameters.get("preset", BOOK_PRESET))
+    seconds = execute(nb, base / nb.name, parameters, base / "figures", base / "results")
+    print(f"{nb.stem}: ok in {seconds:.0f} s -> {base / nb.name}; "
+          f"results in {base / 'results'} (preset {preset})")
+    atomic_write(base / "parameters.json", lambda tmp: tmp.write_text(json.dumps(parameters)))
+    return base / nb.name
