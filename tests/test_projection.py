@@ -3,8 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from upgp import project_out
-from upgp.method import (gpm_bases, orthonormal_basis, per_sample_gradients, project_gpm,
-                         project_out_per_layer, project_out_subspace)
+from upgp.method import (
+    gpm_bases,
+    orthonormal_basis,
+    per_sample_gradients,
+    project_gpm,
+    project_out_per_layer,
+    project_out_subspace,
+)
 from upgp.models import create_model
 
 torch.manual_seed(0)

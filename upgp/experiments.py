@@ -22,7 +22,18 @@ from torch import Tensor, nn
 from .attacks import Attack, PoisonedSet, create_attack, poison_dataset, triggered_test_set
 from .data import ImageData, load_dataset, split_reserve
 from .io import cache_dir, config_hash, load_tensors, save_tensors
-from .metrics import backdoor_metrics
+from .method import (
+    UPGPConfig,
+    flat_delta,
+    mean_gradient,
+    per_sample_dot,
+    per_sample_outputs,
+    sensitivity_scores,
+    split_holdout,
+    unlearning_perturbation,
+    upgp_defend,
+)
+from .metrics import auroc, backdoor_metrics, der
 from .models import create_model
 from .presets import Preset, get_preset
 from .train import default_device, train
@@ -156,16 +167,13 @@ class DefenseRun:
     report: Any = None
 
 
-def run_upgp(scenario: Scenario, config: "UPGPConfig | None" = None,
+def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
              flagged: Tensor | None = None, use_cache: bool = True) -> DefenseRun:
     """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection).
 
     Results are cached under the backdoored model, the config and the given flagged set, so
     notebooks and the CLI share finished runs.
     """
-    from .method import UPGPConfig, upgp_defend
-    from .metrics import der
-
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     key = config_hash(model_cache_path(scenario).name, config,
                       None if flagged is None else flagged.tolist())
@@ -192,16 +200,13 @@ def run_upgp(scenario: Scenario, config: "UPGPConfig | None" = None,
     return run
 
 
-def sensitivity_analysis(scenario: Scenario, config: "UPGPConfig | None" = None
+def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None
                          ) -> dict[str, Any]:
     """Steps 1-2 of UPGP only: the perturbation and every sample's score, with AUROC.
 
     Returns scores (one per training sample), the poison mask (evaluation only), the reserve
     accuracy trajectory and the detection AUROC of the score (low score = suspicious).
     """
-    from .method import UPGPConfig, sensitivity_scores, split_holdout, unlearning_perturbation
-    from .metrics import auroc
-
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     x_fit, y_fit, _, _ = split_holdout(scenario.reserve_x, scenario.reserve_y,
                                        config.holdout_ratio, config.seed)
@@ -218,16 +223,13 @@ def sensitivity_analysis(scenario: Scenario, config: "UPGPConfig | None" = None
 
 
 def learning_dynamics(scenario: Scenario, n_samples: int = 256,
-                      config: "UPGPConfig | None" = None) -> dict[str, Any]:
+                      config: UPGPConfig | None = None) -> dict[str, Any]:
     """The gradient geometry behind the sensitivity gap (method.md §2), on a sample of D.
 
     For ``n_samples`` clean and ``n_samples`` poisoned training samples: <g_N, g_i> and
     cos(g_N, g_i) with g_N the mean reserve gradient, the first-order predicted loss change
     <g_i, dtheta> for a one-step and for the full unlearning perturbation, and the measured change.
     """
-    from .method import (UPGPConfig, flat_delta, mean_gradient, per_sample_dot, per_sample_outputs,
-                         split_holdout, unlearning_perturbation)
-
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     gen = torch.Generator().manual_seed(scenario.seed)
     truth = scenario.train.is_poisoned

@@ -7,7 +7,7 @@ itself, so attacks and defenses only ever handle pixel values.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -1,8 +1,15 @@
 """Backdoor attacks, created by name: ``create_attack("badnets")``. One module per attack."""
 
 from . import badnets, blended, sig, wanet  # noqa: F401  (each import registers its attack)
-from .base import (ATTACKS, Attack, PoisonedSet, create_attack, poison_dataset, register_attack,
-                   triggered_test_set)
+from .base import (
+                   ATTACKS,
+                   Attack,
+                   PoisonedSet,
+                   create_attack,
+                   poison_dataset,
+                   register_attack,
+                   triggered_test_set,
+)
 
 __all__ = ["ATTACKS", "Attack", "PoisonedSet", "create_attack", "poison_dataset",
            "register_attack", "triggered_test_set"]

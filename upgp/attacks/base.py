@@ -9,13 +9,13 @@ in ``upgp/attacks/__init__.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-ATTACKS: dict[str, Callable[..., "Attack"]] = {}
+ATTACKS: dict[str, Callable[..., Attack]] = {}
 
 
 def register_attack(name: str) -> Callable:
@@ -27,7 +27,7 @@ def register_attack(name: str) -> Callable:
     return wrap
 
 
-def create_attack(name: str, **params) -> "Attack":
+def create_attack(name: str, **params) -> Attack:
     """Instantiate the registered attack ``name`` (see ``ATTACKS``) with its parameters."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}")

@@ -22,11 +22,24 @@ from torch import Tensor, nn
 
 from .detection import Detection, detect, robust_z
 from .perturbation import Perturbation, unlearning_perturbation
-from .projection import (gpm_bases, orthonormal_basis, project_gpm, project_out,
-                         project_out_per_layer, project_out_subspace)
-from .sensitivity import (first_order_loss_change, flat_delta, gradient_inner_products,
-                          mean_gradient, per_sample_dot, per_sample_gradients,
-                          per_sample_outputs, sensitivity_scores)
+from .projection import (
+    gpm_bases,
+    orthonormal_basis,
+    project_gpm,
+    project_out,
+    project_out_per_layer,
+    project_out_subspace,
+)
+from .sensitivity import (
+    first_order_loss_change,
+    flat_delta,
+    gradient_inner_products,
+    mean_gradient,
+    per_sample_dot,
+    per_sample_gradients,
+    per_sample_outputs,
+    sensitivity_scores,
+)
 from .unlearning import RemovalLog, projected_unlearning
 
 
@@ -63,7 +76,7 @@ class UPGPConfig:
     seed: int = 0
     bf16: bool = True
 
-    def replace(self, **changes: Any) -> "UPGPConfig":
+    def replace(self, **changes: Any) -> UPGPConfig:
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - fields)
         if unknown:
@@ -146,8 +159,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
 
 
 __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport", "detect",
-           "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products", "orthonormal_basis",
-           "mean_gradient", "per_sample_dot", "per_sample_gradients",
+           "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products",
+           "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
            "per_sample_outputs", "project_gpm", "project_out", "project_out_per_layer",
            "project_out_subspace", "projected_unlearning", "robust_z", "sensitivity_scores",
            "split_holdout", "unlearning_perturbation", "upgp_defend"]

@@ -17,8 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..train import accuracy, autocast, batches, to_float
-from .projection import (PROJECTIONS, gpm_bases, orthonormal_basis, project_gpm, project_out,
-                         project_out_per_layer, project_out_subspace)
+from .projection import (
+    PROJECTIONS,
+    gpm_bases,
+    orthonormal_basis,
+    project_gpm,
+    project_out,
+    project_out_per_layer,
+    project_out_subspace,
+)
 
 REMOVAL_LOSSES = ("ascent", "bounded")
 
