@@ -37,3 +37,18 @@ def test_given_flagged_set_is_used(smoke_scenario):
                             UPGPConfig(bf16=False, removal_max_steps=5),
                             flagged=sc.train.poison_idx[:10])
     assert report.detection.rule == "given" and len(report.detection.flagged) == 10
+
+
+def test_detection_baselines_score_every_sample(smoke_scenario):
+    import pytest
+
+    from upgp.detectors import DETECTORS, detector_scores
+    from upgp.metrics import auroc
+
+    sc = smoke_scenario
+    for name in DETECTORS:
+        s = detector_scores(name, sc.model, sc.train.x, sc.train.y)
+        assert s.shape == sc.train.y.shape and torch.isfinite(s).all(), name
+        assert 0 <= auroc(sc.train.is_poisoned, s) <= 1
+    with pytest.raises(ValueError, match="unknown detector 'x'; choose one of: activation_clustering"):
+        detector_scores("x", sc.model, sc.train.x, sc.train.y)
