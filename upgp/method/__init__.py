@@ -62,13 +62,13 @@ class UPGPConfig:
     per_class: bool = False
     # 4. removal
     projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
-    removal_loss: str = "ascent"  # "ascent" or "bounded"
-    removal_lr: float = 2e-4
+    removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)) or "ascent" (-CE)
+    removal_lr: float = 1e-4
     removal_batch: int = 128
     removal_max_steps: int = 300
     stop_flagged_accuracy: float = 0.1
     max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
-    check_every: int = 10
+    check_every: int = 5
     subspace_k: int = 4
     gpm_energy: float = 0.97
     # the reserve is split: one part makes gradients, the held-out part judges stopping

@@ -31,19 +31,26 @@ REMOVAL_LOSSES = ("ascent", "bounded")
 
 
 def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
-    """``ascent``: -CE(f(x), y). ``bounded``: -log(1 - p_y), which falls to 0 as p_y -> 0 and so
-    cannot diverge."""
+    """Loss whose minimisation unlearns (x, y).
+
+    ``ascent``: -CE(f(x), y); its logit gradient p - onehot(y) vanishes on samples fit with
+    p_y ~ 1, so strongly memorised triggers barely move.
+    ``bounded``: -log(1 - p_y) = logsumexp(z) - logsumexp(z without y), computed stably; its
+    gradient on z_y is p_y (large while the sample is still fit) and it falls to 0 as p_y -> 0,
+    so it cannot diverge.
+    """
     if kind == "ascent":
         return -F.cross_entropy(logits, y)
     if kind == "bounded":
-        p_y = F.softmax(logits.float(), 1).gather(1, y[:, None])[:, 0]
-        return -torch.log1p(-p_y.clamp(max=1 - 1e-6)).mean()
+        z = logits.float()
+        others = z.scatter(1, y[:, None], float("-inf"))
+        return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()
     raise ValueError(f"unknown removal loss {kind!r}; choose one of: {', '.join(REMOVAL_LOSSES)}")
 
 
 @dataclass
 class RemovalLog:
-    steps: int = 0
+    steps: int = 0  # steps kept (undone steps are not counted)
     stop_reason: str = ""
     flagged_accuracy: list[float] = field(default_factory=list)
     holdout_accuracy: list[float] = field(default_factory=list)
@@ -100,7 +107,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
             yield from batches(len(x_flagged), batch_size, gen)
 
     normal_iter, flagged_iter = reserve_batches(), flagged_batches()
-    snapshot = [p.detach().clone() for p in params]
+    snapshot, accepted = [p.detach().clone() for p in params], 0
     while log.steps < max_steps:
         idx = next(flagged_iter)
         g = _grads(model, _batch_loss(model, x_flagged[idx], y_flagged[idx], loss, bf16))
@@ -132,9 +139,10 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                 with torch.no_grad():  # undo back to the last accepted check
                     for p, s in zip(params, snapshot):
                         p.copy_(s)
+                log.steps = accepted
                 log.stop_reason = "held-out reserve accuracy dropped"
                 break
-            snapshot = [p.detach().clone() for p in params]
+            snapshot, accepted = [p.detach().clone() for p in params], log.steps
             flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
             log.holdout_accuracy.append(holdout)
             log.flagged_accuracy.append(flagged)
