@@ -18,14 +18,14 @@ def test_perturbation_stops_at_accuracy_and_leaves_model(smoke_scenario):
     sc = smoke_scenario
     before = [p.clone() for p in sc.model.parameters()]
     pert = unlearning_perturbation(sc.model, sc.reserve_x, sc.reserve_y, lr=0.05,
-                                   stop_accuracy=0.3, max_steps=200, bf16=False)
+                                   stop_accuracy=0.3, max_steps=200)
     assert pert.reserve_accuracy[-1] <= 0.3 or pert.steps == 200
     assert pert.reserve_accuracy[0] > 0.8
     assert all(torch.equal(a, b) for a, b in zip(before, sc.model.parameters()))
 
 
 def test_upgp_detects_and_removes_synthetic_backdoor(smoke_scenario):
-    result = run_upgp(smoke_scenario, UPGPConfig(bf16=False), use_cache=False).result
+    result = run_upgp(smoke_scenario, UPGPConfig(), use_cache=False).result
     assert result["detection"]["auroc"] >= 0.95, result["detection"]
     assert result["after"]["asr"] < result["before"]["asr"] - 50, result
     assert result["after"]["acc"] > result["before"]["acc"] - 10, result
@@ -34,7 +34,7 @@ def test_upgp_detects_and_removes_synthetic_backdoor(smoke_scenario):
 def test_given_flagged_set_is_used(smoke_scenario):
     sc = smoke_scenario
     _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
-                            UPGPConfig(bf16=False, removal_max_steps=5),
+                            UPGPConfig(removal_max_steps=5),
                             flagged=sc.train.poison_idx[:10])
     assert report.detection.rule == "given" and len(report.detection.flagged) == 10
 

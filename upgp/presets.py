@@ -55,7 +55,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(name="smoke", dataset="synthetic", width=8, epochs=8, batch_size=128, lr=0.05,
-                    bf16=False, eval_batch=512),
+                    bf16=True, eval_batch=512),
     "cpu": Preset(name="cpu"),
     "paper": Preset(name="paper", width=64, epochs=100, batch_size=128, lr=0.01,
                     schedule="cosine", bf16=True),
