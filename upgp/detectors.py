@@ -12,7 +12,7 @@ poisoned), so the same detection metrics (``upgp.metrics``) evaluate them all:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

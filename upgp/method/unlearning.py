@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..train import accuracy, autocast, batches, to_float
 from .projection import (
     PROJECTIONS,
+    _dot,
     gpm_bases,
     orthonormal_basis,
     project_gpm,
@@ -157,7 +158,5 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
 
 
 def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
-    dot = sum((x * y).sum() for x, y in zip(a, b))
-    na = sum((x * x).sum() for x in a).sqrt()
-    nb = sum((y * y).sum() for y in b).sqrt()
-    return float(dot / (na * nb).clamp_min(1e-30))
+    """cos(a, b) over the whole concatenated parameter vector."""
+    return float(_dot(a, b) / (_dot(a, a).sqrt() * _dot(b, b).sqrt()).clamp_min(1e-30))
