@@ -3,6 +3,7 @@ import torch
 
 from upgp.attacks import ATTACKS, create_attack, poison_dataset, triggered_test_set
 from upgp.data import synthetic_data
+from upgp.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -10,9 +11,18 @@ def data():
     return synthetic_data(n_train=600, n_test=200, seed=1)
 
 
+def make_attack(name: str, **params):
+    """``create_attack``, plus an untrained surrogate for attacks that craft poisons against one."""
+    attack = create_attack(name, **params)
+    if attack.needs_surrogate:
+        torch.manual_seed(0)
+        attack.set_surrogate(create_model("preact_resnet18", 10, 8), "untrained-test-surrogate")
+    return attack
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_changes_exactly_the_recorded_samples(name, data):
-    attack = create_attack(name)
+    attack = make_attack(name)
     out = poison_dataset(attack, data.x_train, data.y_train, ratio=0.1, target=0, seed=3)
     changed_pixels = (out.x != data.x_train).flatten(1).any(1)
     changed_labels = out.y != data.y_train
@@ -61,9 +71,40 @@ def test_wanet_noise_mode_size(data):
 
 
 def test_triggered_test_set_excludes_target(data):
-    x, y = triggered_test_set(create_attack("badnets"), data.x_test, data.y_test, target=2)
-    assert (y != 2).all() and len(y) == int((data.y_test != 2).sum())
+    x, y, t = triggered_test_set(create_attack("badnets"), data.x_test, data.y_test, target=2)
+    assert (y != 2).all() and len(y) == int((data.y_test != 2).sum()) and (t == 2).all()
     assert (x[..., -3:, -3:] == 255).all()
+
+
+@pytest.mark.parametrize("name", ["badnets", "blended", "wanet", "bpp"])
+def test_all_to_all_maps_every_class(name, data):
+    attack = create_attack(name, label_mode="all2all")
+    out = poison_dataset(attack, data.x_train, data.y_train, 0.2, 0, seed=0)
+    before, after = data.y_train[out.poison_idx], out.y[out.poison_idx]
+    assert torch.equal(after, (before + 1) % 10)
+    assert set(before.tolist()) == set(range(10))  # poisons come from every class
+    x, y, t = triggered_test_set(attack, data.x_test, data.y_test, 0, 10)
+    assert len(y) == len(data.y_test) and torch.equal(t, (y + 1) % 10)
+    assert create_attack(name).params() != attack.params()  # all-to-all models cache apart
+
+
+def test_all_to_all_rejects_clean_label_and_bad_modes():
+    with pytest.raises(ValueError, match="needs a dirty-label attack"):
+        create_attack("sig", label_mode="all2all")
+    with pytest.raises(ValueError, match="unknown label mode 'one2one'; choose one of: all2one"):
+        create_attack("badnets", label_mode="one2one")
+
+
+def test_bpp_quantises_with_dithering_and_negatives_keep_labels(data):
+    attack = create_attack("bpp")
+    x = data.x_train[:64]
+    levels = torch.round(torch.arange(8) / 7 * 255)
+    assert torch.isin(attack.apply(x).float(), levels).all()  # 8 levels per channel
+    plain = create_attack("bpp", dithering=False).apply(x)
+    assert not torch.equal(plain, attack.apply(x))  # dithering spreads the rounding error
+    out = poison_dataset(attack, data.x_train, data.y_train, 0.1, 0, seed=0)
+    assert len(out.cross_idx) == 2 * len(out.poison_idx)
+    assert torch.equal(out.y[out.cross_idx], data.y_train[out.cross_idx])
 
 
 def test_badnets_and_blended_triggers():
@@ -82,3 +123,25 @@ def test_bad_ratio_is_one_line_error(ratio, data):
 def test_unknown_attack_lists_valid_names():
     with pytest.raises(ValueError, match="unknown attack 'nope'; choose one of: badnets"):
         create_attack("nope")
+
+
+def test_lc_keeps_labels_and_stays_within_eps(data):
+    attack = create_attack("lc")
+    with pytest.raises(ValueError, match="needs a surrogate model"):
+        attack.adversarial(data.x_train[:4], data.y_train[:4])
+    attack = make_attack("lc")
+    out = poison_dataset(attack, data.x_train, data.y_train, 0.05, 3, seed=0)
+    assert torch.equal(out.y, data.y_train)  # clean-label: no label changes
+    assert (data.y_train[out.poison_idx] == 3).all()
+    before = data.x_train[out.poison_idx].int()
+    after = out.x[out.poison_idx].int()
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
+    diff = (after - before)[inner].abs()
+    assert diff.max() <= 8 and diff.float().mean() > 1  # a real PGD perturbation, within 8/255
+    board = attack.checkerboard().int()
+    for rows in (slice(0, 3), slice(-3, None)):
+        for cols in (slice(0, 3), slice(-3, None)):
+            assert (after[..., rows, cols] == board).all()
+    rest = torch.ones(len(data.y_train), dtype=torch.bool)
+    rest[out.poison_idx] = False
+    assert torch.equal(out.x[rest], data.x_train[rest])

@@ -58,7 +58,7 @@ def test_image_folder_roundtrip_and_cache(tmp_path):
 def test_unknown_preset_and_field():
     with pytest.raises(ValueError, match="unknown preset 'big'; choose one of: smoke, cpu, paper"):
         get_preset("big")
-    with pytest.raises(ValueError, match="unknown preset field"):
+    with pytest.raises(ValueError, match="unknown Preset field"):
         get_preset("cpu", colour=1)
     with pytest.raises(ValueError, match=r"poison ratio 1.2 is outside \(0, 1\)"):
         get_preset("cpu", poison_ratio=1.2)

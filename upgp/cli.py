@@ -16,6 +16,7 @@ from typing import Any
 
 from .attacks import ATTACKS
 from .data import DataUnavailableError
+from .defenses import DEFENSES
 from .io import write_json
 from .models import MODELS
 from .presets import PRESETS
@@ -26,6 +27,7 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="preact_resnet18", help=f"one of: {', '.join(sorted(MODELS))}")
     p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--target", type=int, help="all-to-one target label (default 0)")
+    p.add_argument("--label-mode", default="all2one", help="all2one | all2all (y -> y+1 mod C)")
     p.add_argument("--ratio", type=float, dest="poison_ratio", help="poisoning ratio in (0, 1)")
     p.add_argument("--reserve", type=float, dest="reserve_ratio",
                    help="clean reserve share of the training set, in (0, 1)")
@@ -42,8 +44,9 @@ def _load(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in ("target", "poison_ratio", "reserve_ratio",
                                                 "epochs", "width")}
+    attack_params = {"label_mode": args.label_mode} if args.label_mode != "all2one" else None
     return backdoored_model(args.attack, args.arch, args.preset, args.seed, args.data,
-                            progress=not args.quiet, **overrides)
+                            attack_params, progress=not args.quiet, **overrides)
 
 
 def _fmt(m: dict[str, float]) -> str:
@@ -56,16 +59,25 @@ def _finish(result: dict[str, Any], out: Path | None) -> None:
         print(f"wrote {out}")
 
 
+def _header(run: dict[str, Any]) -> str:
+    return (f"{run['attack']} / {run['arch']} (width {run['width']}) / preset {run['preset']} "
+            f"[{run['scale']}] / seed {run['seed']} / {run['data']}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     sc = _load(args)
     result = {"run": sc.describe(), "no_defense": sc.metrics, "training": sc.info,
               "wall_seconds": time.perf_counter() - start}
-    d = sc.describe()
-    print(f"{d['attack']} / {d['arch']} (width {d['width']}) / preset {d['preset']} "
-          f"[{d['scale']}] / seed {d['seed']} / {d['data']}")
+    print(_header(sc.describe()))
     cache = "cache hit" if sc.info.get("cache_hit") else f"trained in {sc.info['train_seconds']:.0f} s"
     print(f"no defense: {_fmt(sc.metrics)}  ({cache})")
+    cost = sc.info.get("attack_cost", {})
+    if "surrogate" in cost:
+        sur = cost["surrogate"]
+        state = "cache hit" if sur["cache_hit"] else "trained"
+        print(f"attack cost: clean surrogate {sur['train_seconds']:.0f} s ({state}), "
+              f"poisoning {cost['poisoning_seconds']:.0f} s (not in the training time)")
     if sc.metrics["asr"] < 80:
         print(f"warning: ASR {sc.metrics['asr']:.1f}% is below 80%: the attack did not take hold")
     _finish(result, args.out)
@@ -86,31 +98,40 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
-    from .experiments import run_upgp
-    from .method import UPGPConfig
+    from .defenses import defense_config, get_defense
+    from .experiments import run_defense
 
-    if args.defense != "upgp":
-        raise ValueError(f"unknown defense {args.defense!r}; choose one of: upgp")
+    get_defense(args.defense)  # fail early on an unknown name
     settings = _parse_settings(args.set)
     if args.no_projection:
+        if args.defense != "upgp":
+            raise ValueError(f"--no-projection applies to upgp only, not {args.defense!r}")
         settings["projection"] = "none"
-    config = UPGPConfig(seed=args.seed).replace(**settings)
     sc = _load(args)
-    config = config.replace(bf16=sc.preset.bf16) if "bf16" not in settings else config
-    run = run_upgp(sc, config)
-    r = run.result
-    d = r["run"]
-    print(f"{d['attack']} / {d['arch']} (width {d['width']}) / preset {d['preset']} "
-          f"[{d['scale']}] / seed {d['seed']} / {d['data']}")
+    config = defense_config(args.defense, sc.preset, args.seed, **settings)
+    r = run_defense(sc, args.defense, config)
+    print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")
-    print(f"after UPGP (projection {config.projection}): {_fmt(r['after'])}  DER {r['der']:.2f}")
-    det = r["detection"]
-    print(f"detection: AUROC {det['auroc']:.4f}  flagged {det['flagged']}/{det['true_poisoned']}  "
-          f"precision {det['precision']:.3f}  recall {det['recall']:.3f}  FPR {det['fpr']:.4f}")
-    sec = r["upgp"]["seconds"]
-    print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in sec.items())
-          + f"  (one training epoch {r['train_epoch_seconds']:.1f})")
+    label = f"UPGP (projection {config.projection})" if args.defense == "upgp" else args.defense
+    print(f"after {label}: {_fmt(r['after'])}  DER {r['der']:.2f}  wall {r['wall_seconds']:.1f} s"
+          f"  (one training epoch {r['train_epoch_seconds']:.1f} s)")
+    det = r.get("detection")
+    if det:
+        auroc = f"AUROC {det['auroc']:.4f}  " if "auroc" in det else ""
+        print(f"detection: {auroc}flagged {det['flagged']}/{det['true_poisoned']}  "
+              f"precision {det['precision']:.3f}  recall {det['recall']:.3f}  FPR {det['fpr']:.4f}")
+    if "upgp" in r:
+        print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in r["upgp"]["seconds"].items()))
     _finish(r, args.out)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import sweep
+
+    table = sweep(args.defenses, args.attacks, args.archs, args.seeds, args.preset, args.out,
+                  args.data, progress=not args.quiet)
+    cols = ["defense", "attack", "arch", "seed", "acc", "asr", "ra", "der", "wall_seconds"]
+    print(table[cols].round(2).to_string(index=False))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -142,12 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.set_defaults(func=cmd_train)
     p_def = sub.add_parser("defend", help="run a defense on a (cached) backdoored model")
     _scenario_args(p_def)
-    p_def.add_argument("--defense", default="upgp", help="one of: upgp")
+    p_def.add_argument("--defense", default="upgp", help=f"one of: {', '.join(sorted(DEFENSES))}")
     p_def.add_argument("--no-projection", action="store_true",
                        help="unlearn without the null-space projection (ablation)")
     p_def.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a UPGPConfig field, e.g. --set projection=layer")
+                       help="override a config field, e.g. --set projection=layer")
     p_def.set_defaults(func=cmd_defend)
+    p_sw = sub.add_parser("sweep", help="defenses x attacks x archs x seeds into a resumable table")
+    p_sw.add_argument("--defenses", nargs="+", required=True, help=", ".join(sorted(DEFENSES)))
+    p_sw.add_argument("--attacks", nargs="+", default=["badnets"])
+    p_sw.add_argument("--archs", nargs="+", default=["preact_resnet18"])
+    p_sw.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p_sw.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
+    p_sw.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA, else download)")
+    p_sw.add_argument("--out", type=Path, default=Path("sweep.csv"), help="results table (CSV)")
+    p_sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_sw.set_defaults(func=cmd_sweep)
     p_rep = sub.add_parser("reproduce", help="execute the book's notebooks with papermill")
     p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
     p_rep.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")

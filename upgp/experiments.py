@@ -12,6 +12,7 @@ import hashlib
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 from .attacks import Attack, PoisonedSet, create_attack, poison_dataset, triggered_test_set
 from .data import ImageData, load_dataset, split_reserve
-from .io import cache_dir, config_hash, load_tensors, save_tensors
+from .defenses import defend, defense_config, get_defense
+from .io import cache_dir, config_hash, load_tensors, save_tensors, write_json
 from .method import (
     UPGPConfig,
     flat_delta,
@@ -33,7 +35,7 @@ from .method import (
     unlearning_perturbation,
     upgp_defend,
 )
-from .metrics import auroc, backdoor_metrics, der
+from .metrics import auroc, backdoor_metrics, der, detection_metrics
 from .models import create_model
 from .presets import Preset, get_preset
 from .train import default_device, train
@@ -75,6 +77,7 @@ class Scenario:
     y_test: Tensor
     x_triggered: Tensor
     y_triggered: Tensor
+    t_triggered: Tensor  # backdoor label of each triggered test image
     model: nn.Module | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +85,7 @@ class Scenario:
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """ACC / ASR / RA (in %) of ``model`` (default: the backdoored model)."""
         return backdoor_metrics(model or self.model, self.x_test, self.y_test, self.x_triggered,
-                                self.y_triggered, self.train.target, self.preset.bf16,
+                                self.y_triggered, self.t_triggered, self.preset.bf16,
                                 self.preset.eval_batch)
 
     def describe(self) -> dict[str, Any]:
@@ -91,8 +94,32 @@ class Scenario:
                 "arch": self.arch, "preset": self.preset.name, "scale": self.preset.scale_label(),
                 "width": self.preset.width, "seed": self.seed, "data": self.data_source,
                 "poison_ratio": self.preset.poison_ratio, "target": self.preset.target,
+                "label_mode": self.attack.label_mode,
                 "reserve_size": len(self.reserve_y), "train_size": len(self.train.y),
                 "poisoned": len(self.train.poison_idx)}
+
+
+SURROGATE_ARCH = "preact_resnet18"
+
+
+def clean_surrogate(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: str,
+                    num_classes: int, progress: bool = True) -> tuple[nn.Module, str, dict]:
+    """A model trained on clean data at the preset (for attacks that craft poisons against one).
+
+    Cached like the backdoored models; returns (model, cache name, training info).
+    """
+    key = config_hash("clean-surrogate", SURROGATE_ARCH, preset, seed, fingerprint)
+    path = cache_dir() / "models" / f"clean-{SURROGATE_ARCH}-{key}.pt"
+    torch.manual_seed(seed)
+    model = create_model(SURROGATE_ARCH, num_classes, preset.width)
+    cached = load_tensors(path)
+    if cached is not None:
+        model.load_state_dict(cached["state_dict"])
+        return model.to(default_device()).eval(), path.name, {**cached["info"], "cache_hit": True}
+    info = train(model, x, y, preset, seed, progress=progress)
+    save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                        "info": info})
+    return model.eval(), path.name, {**info, "cache_hit": False}
 
 
 def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
@@ -105,13 +132,24 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     create_model(arch)  # fail early on an unknown architecture
     images, fingerprint = load_data_cached(preset, data, seed)
     train_idx, reserve_idx = split_reserve(len(images.y_train), preset.reserve_ratio, seed)
+    attack_info = {}
+    if attack.needs_surrogate:
+        surrogate, name, info = clean_surrogate(images.x_train[train_idx],
+                                                images.y_train[train_idx], preset, seed,
+                                                fingerprint, images.num_classes)
+        attack.set_surrogate(surrogate, name)
+        attack_info["surrogate"] = {"model": name, "train_seconds": info["train_seconds"],
+                                    "cache_hit": info["cache_hit"]}
+    start = time.perf_counter()
     poisoned = poison_dataset(attack, images.x_train[train_idx], images.y_train[train_idx],
                               preset.poison_ratio, preset.target, seed)
-    x_trig, y_trig = triggered_test_set(attack, images.x_test, images.y_test, preset.target)
+    x_trig, y_trig, t_trig = triggered_test_set(attack, images.x_test, images.y_test,
+                                                preset.target, images.num_classes)
     scenario = Scenario(attack, arch, preset, seed, images.source, images.num_classes, poisoned,
                         images.x_train[reserve_idx], images.y_train[reserve_idx],
-                        images.x_test, images.y_test, x_trig, y_trig)
-    scenario.info["data_fingerprint"] = fingerprint
+                        images.x_test, images.y_test, x_trig, y_trig, t_trig)
+    attack_info["poisoning_seconds"] = time.perf_counter() - start
+    scenario.info.update(data_fingerprint=fingerprint, attack_cost=attack_info)
     return scenario
 
 
@@ -198,6 +236,45 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
     save_tensors(path, {"result": json.dumps(result, default=str), "scores": run.scores,
                         "flagged": run.flagged, "suspicion": run.suspicion})
     return run
+
+
+def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,
+                use_cache: bool = True) -> dict[str, Any]:
+    """Run a registered defense on the scenario's backdoored model; the JSON-able result row.
+
+    The defense sees the model, the clean reserve and (ABL, UPGP only) the poisoned training set;
+    the evaluation (ACC/ASR/RA before and after, DER, detection metrics of any flagged set) is
+    done here, after it returns. Results are cached like the models, by everything that
+    determines them.
+    """
+    spec = get_defense(defense)
+    config = config if config is not None else defense_config(defense, scenario.preset,
+                                                              scenario.seed)
+    if defense == "upgp":
+        return run_upgp(scenario, config, use_cache=use_cache).result
+    key = config_hash(model_cache_path(scenario).name, defense, config)
+    path = cache_dir() / "defenses" / f"{defense}-{scenario.attack.name}-{scenario.arch}-{key}.json"
+    if use_cache and path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            warnings.warn(f"corrupt cached result {path} ignored; rerunning", stacklevel=2)
+    train_set = (scenario.train.x, scenario.train.y) if spec.needs_train_set else None
+    start = time.perf_counter()
+    model, report = defend(defense, scenario.model, (scenario.reserve_x, scenario.reserve_y),
+                           config, train_set)
+    wall = time.perf_counter() - start
+    after = scenario.evaluate(model)
+    result = {"run": scenario.describe(), "defense": defense, "config": dataclasses.asdict(config),
+              "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
+              "wall_seconds": wall,
+              "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
+              / scenario.preset.epochs,
+              "report": {k: v for k, v in report.items() if k != "flagged"}}
+    if "flagged" in report:  # the samples a training-set defense isolated
+        result["detection"] = detection_metrics(scenario.train.is_poisoned, report["flagged"])
+    write_json(path, result)
+    return result
 
 
 def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None

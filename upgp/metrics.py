@@ -1,7 +1,8 @@
 """Backdoor metrics (ACC, ASR, RA, DER) and detection metrics (AUROC, TPR, FPR, precision...).
 
-ACC: accuracy on the clean test set. ASR: share of triggered non-target test images predicted as
-the target. RA: share of the same images predicted as their true class.
+ACC: accuracy on the clean test set. ASR: share of triggered test images (those whose backdoor
+label differs from their class) predicted as their backdoor label (the target, or (y+1) mod C
+all-to-all). RA: share of the same images predicted as their true class.
 DER = (max(0, ASR_before - ASR_after) - max(0, ACC_before - ACC_after) + 1) / 2 (BackdoorBench).
 """
 
@@ -16,9 +17,12 @@ from .train import predict
 
 
 def backdoor_metrics(model: nn.Module, x_test: Tensor, y_test: Tensor, x_triggered: Tensor,
-                     y_triggered: Tensor, target: int, bf16: bool = True,
+                     y_triggered: Tensor, target: int | Tensor, bf16: bool = True,
                      batch_size: int = 1024) -> dict[str, float]:
-    """ACC on the clean test set; ASR and RA on the triggered non-target test images (in %)."""
+    """ACC on the clean test set; ASR and RA on the triggered test images (in %).
+
+    ``target``: the backdoor label, one for all or one per triggered image.
+    """
     clean = predict(model, x_test, batch_size, bf16)
     trig = predict(model, x_triggered, batch_size, bf16)
     return {

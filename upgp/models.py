@@ -47,6 +47,23 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Pointwise(nn.Conv2d):
+    """1x1 convolution with stride s, computed as subsampling x[..., ::s, ::s] then a 1x1 conv.
+
+    The same function and parameters as ``nn.Conv2d(c_in, c_out, 1, s, bias=False)``; written
+    this way because torch 2.14.1's oneDNN weight-gradient kernel for strided 1x1 convolutions
+    corrupts the heap on CPU (channels-last, fewer than 16 input channels, odd batch sizes, two
+    threads), which the narrow smoke-preset models hit.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__(c_in, c_out, 1, 1, bias=False)
+        self.step = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.conv2d(x[:, :, ::self.step, ::self.step], self.weight)
+
+
 class PreActBlock(nn.Module):
     """Pre-activation residual block (He et al. 2016): BN-ReLU-conv twice, identity shortcut."""
 
@@ -57,7 +74,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+            Pointwise(c_in, c_out, stride) if stride != 1 or c_in != c_out else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,7 +97,7 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+                Pointwise(c_in, c_out, stride), nn.BatchNorm2d(c_out)
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -118,6 +135,10 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.features(x))
 
+    def stages(self) -> list[nn.Module]:
+        """The modules whose outputs are the last three feature stages (NAD's attention maps)."""
+        return [self.layer2, self.layer3, self.layer4]
+
 
 _VGG_CFG = {
     16: (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"),
@@ -150,6 +171,10 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.features(x))
+
+    def stages(self) -> list[nn.Module]:
+        """The modules whose outputs are the last three feature stages (NAD's attention maps)."""
+        return [m for m in self.body if isinstance(m, nn.MaxPool2d)][-3:]
 
 
 @register_model("preact_resnet18")

@@ -121,3 +121,21 @@ def before_after_bars(rows: Sequence[tuple[str, dict[str, float], dict[str, floa
         ax.set_title(m.upper() + " (%)")
     axes[0].legend()
     return fig
+
+
+def defense_grid(table: Any, metrics: Sequence[str] = ("acc", "asr", "ra", "der")) -> Figure:
+    """Heatmaps of defense x attack for each metric (a tidy table with those columns)."""
+    use_style()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.5 * len(metrics) + 0.5, 3.0),
+                             sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        grid = table.pivot_table(index="defense", columns="attack", values=m, sort=False)
+        ax.imshow(grid.values, cmap="RdYlGn_r" if m == "asr" else "RdYlGn", vmin=0, vmax=100,
+                  aspect="auto")
+        for (i, j), v in np.ndenumerate(grid.values):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_title(m.upper() + (" (%)" if m != "der" else ""))
+        ax.grid(False)
+    return fig

@@ -14,7 +14,21 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Preset:
+class Settings:
+    """Base of every settings dataclass (presets, UPGP and defense configs): validated ``replace``."""
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``; unknown field names raise a one-line error listing the valid ones."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} field(s) {unknown}; "
+                             f"choose from: {', '.join(sorted(fields))}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Preset(Settings):
     """Settings shared by training, attacks and defenses at one scale."""
 
     name: str
@@ -66,9 +80,4 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     """The preset ``name`` with the given fields replaced (``None`` values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(Preset)}
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(changes) - fields)
-    if unknown:
-        raise ValueError(f"unknown preset field(s) {unknown}; choose from: {', '.join(sorted(fields))}")
-    return dataclasses.replace(PRESETS[name], **changes)
+    return PRESETS[name].replace(**{k: v for k, v in overrides.items() if v is not None})

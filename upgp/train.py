@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -62,43 +62,69 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
         yield order[start:start + batch_size]
 
 
-def make_optimizer(model: nn.Module, preset: Preset, total_steps: int
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                   schedule: str, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    opt = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=preset.momentum,
-                          weight_decay=preset.weight_decay, nesterov=preset.momentum > 0)
-    if preset.schedule == "onecycle":
+    """SGD (Nesterov when momentum > 0) with a OneCycle or cosine schedule over ``total_steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          nesterov=momentum > 0)
+    if schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=preset.lr, total_steps=total_steps, pct_start=0.25)
-    else:
+            opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+    elif schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of: cosine, onecycle")
     return opt, sched
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, preset: Preset, seed: int,
-          device: torch.device | None = None, progress: bool = True) -> dict[str, float]:
-    """Train ``model`` in place on uint8 images ``x`` with labels ``y``; return timing stats."""
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The standard objective: CE(f(x), y)."""
+    return F.cross_entropy(model(x), y)
+
+
+def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float,
+        schedule: str = "onecycle", bf16: bool = True, seed: int = 0, momentum: float = 0.9,
+        weight_decay: float = 5e-4, loss_fn: LossFn = cross_entropy_loss,
+        after_step: Callable[[nn.Module], None] | None = None, augment: bool = True,
+        device: torch.device | None = None, progress: bool = False, desc: str = "train"
+        ) -> dict[str, float]:
+    """Optimise ``loss_fn(model, batch, labels)`` over uint8 images ``x`` in place.
+
+    The one training loop of the package: training from scratch (``train``) and every defense
+    that fine-tunes (FT, FP, NAD, ABL) call it. ``after_step`` runs after each optimiser step
+    (e.g. to keep pruned weights at zero). Returns timing stats.
+    """
     device = device or default_device()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).to(memory_format=torch.channels_last).train()
     x_dev, y_dev = x.to(device), y.to(device)
-    steps_per_epoch = max(1, len(x) // preset.batch_size)
-    opt, sched = make_optimizer(model, preset, preset.epochs * steps_per_epoch)
+    batch_size = min(batch_size, len(x))
+    steps_per_epoch = max(1, len(x) // batch_size)
+    opt, sched = make_optimizer(model, lr, momentum, weight_decay, schedule,
+                                epochs * steps_per_epoch)
     start = time.perf_counter()
-    bar = tqdm(total=preset.epochs * steps_per_epoch, disable=not progress, desc="train",
-               leave=False)
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc=desc, leave=False)
     loss_sum = torch.zeros((), device=device)
-    for _ in range(preset.epochs):
+    for _ in range(epochs):
         loss_sum.zero_()
-        for idx in batches(len(x), preset.batch_size, gen, drop_last=True):
+        for idx in batches(len(x), batch_size, gen, drop_last=True):
             idx = idx.to(device)
-            xb = random_crop_flip(to_float(x_dev[idx], device), gen)
-            with autocast(device, preset.bf16):
-                loss = F.cross_entropy(model(xb), y_dev[idx])
+            xb = to_float(x_dev[idx], device)
+            xb = random_crop_flip(xb, gen) if augment else xb
+            with autocast(device, bf16):
+                loss = loss_fn(model, xb, y_dev[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step(model)
             loss_sum += loss.detach()
             bar.update()
         bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.3f}")
@@ -106,8 +132,16 @@ def train(model: nn.Module, x: Tensor, y: Tensor, preset: Preset, seed: int,
     seconds = time.perf_counter() - start
     model.eval()
     return {"train_seconds": seconds,
-            "images_per_second": preset.epochs * steps_per_epoch * preset.batch_size / seconds,
+            "images_per_second": epochs * steps_per_epoch * batch_size / seconds,
             "final_train_loss": loss_sum.item() / steps_per_epoch}
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, preset: Preset, seed: int,
+          device: torch.device | None = None, progress: bool = True) -> dict[str, float]:
+    """Train ``model`` from its current weights on ``x, y`` with the preset's recipe."""
+    return fit(model, x, y, preset.epochs, preset.batch_size, preset.lr, preset.schedule,
+               preset.bf16, seed, preset.momentum, preset.weight_decay, device=device,
+               progress=progress)
 
 
 @torch.no_grad()

@@ -27,11 +27,26 @@ def register_attack(name: str) -> Callable:
     return wrap
 
 
-def create_attack(name: str, **params) -> Attack:
-    """Instantiate the registered attack ``name`` (see ``ATTACKS``) with its parameters."""
+LABEL_MODES = ("all2one", "all2all")
+
+
+def create_attack(name: str, label_mode: str = "all2one", **params) -> Attack:
+    """Instantiate the registered attack ``name`` (see ``ATTACKS``) with its parameters.
+
+    ``label_mode``: ``all2one`` (every poison labelled ``target``) or ``all2all``
+    (y -> (y + 1) mod C; dirty-label attacks only).
+    """
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](**params)
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {label_mode!r}; choose one of: {', '.join(LABEL_MODES)}")
+    attack = ATTACKS[name](**params)
+    if label_mode != "all2one":
+        if attack.clean_label:
+            raise ValueError(f"label mode {label_mode!r} needs a dirty-label attack; {name!r} "
+                             "keeps its poisons' labels")
+        attack.label_mode = label_mode  # an instance field: part of params() and cache keys
+    return attack
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -45,14 +60,26 @@ class Attack:
     name = "attack"
     clean_label = False
     cross_ratio = 0.0
+    label_mode = "all2one"
+    needs_surrogate = False  # LC: poisons are crafted against a clean model (``set_surrogate``)
 
     def apply(self, x: Tensor) -> Tensor:
         """Stamp the trigger on uint8 images; returns a new uint8 tensor."""
         raise NotImplementedError
 
+    def poison(self, x: Tensor, y: Tensor) -> Tensor:
+        """The training-time transform of the poisons (default: the trigger alone, ``apply``)."""
+        return self.apply(x)
+
     def cross(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Noise-mode transform for ``cross_ratio`` samples (labels kept); only WaNet has one."""
         raise NotImplementedError(f"{self.name} has no noise mode")
+
+    def backdoor_labels(self, y: Tensor, target: int, num_classes: int) -> Tensor:
+        """The label a triggered input of true class ``y`` should get: ``target``, or (y+1) mod C."""
+        if self.label_mode == "all2all":
+            return (y + 1) % num_classes
+        return torch.full_like(y, target)
 
     def params(self) -> dict:
         """The attack's parameters (for cache keys and reports)."""
@@ -82,10 +109,11 @@ class PoisonedSet:
 
 def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: int,
                    seed: int) -> PoisonedSet:
-    """Poison ``round(ratio * len(x))`` samples all-to-one towards ``target``.
+    """Poison ``round(ratio * len(x))`` samples towards the attack's backdoor labels.
 
-    Dirty-label attacks draw them from non-target samples and relabel them ``target``;
-    clean-label attacks draw them from the target class (at most all of it) and keep labels.
+    All-to-one dirty-label attacks draw them from non-target samples and relabel them ``target``;
+    all-to-all ones draw them from every class and relabel y -> (y + 1) mod C; clean-label
+    attacks draw them from the target class (at most all of it) and keep labels.
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"poisoning ratio {ratio} is outside (0, 1)")
@@ -93,15 +121,20 @@ def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: i
     if not 0 <= target < num_classes:
         raise ValueError(f"target label {target} is outside 0..{num_classes - 1}")
     gen = torch.Generator().manual_seed(seed)
-    pool = (y == target).nonzero().flatten() if attack.clean_label else (y != target).nonzero().flatten()
+    if attack.clean_label:
+        pool = (y == target).nonzero().flatten()
+    elif attack.label_mode == "all2all":
+        pool = torch.arange(len(y))
+    else:
+        pool = (y != target).nonzero().flatten()
     pool = pool[torch.randperm(len(pool), generator=gen)]
     n_poison = min(round(ratio * len(x)), len(pool))
     if n_poison < 1:
         raise ValueError(f"poisoning ratio {ratio} selects no sample of {len(x)}")
     poison_idx = pool[:n_poison].sort().values
     x_out, y_out = x.clone(), y.clone()
-    x_out[poison_idx] = attack.apply(x[poison_idx])
-    y_out[poison_idx] = target
+    x_out[poison_idx] = attack.poison(x[poison_idx], y[poison_idx])
+    y_out[poison_idx] = attack.backdoor_labels(y[poison_idx], target, num_classes)
     cross_idx = torch.empty(0, dtype=torch.long)
     if attack.cross_ratio > 0:
         rest = torch.ones(len(x), dtype=torch.bool)
@@ -113,7 +146,13 @@ def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: i
     return PoisonedSet(x_out, y_out, poison_idx, cross_idx, target)
 
 
-def triggered_test_set(attack: Attack, x: Tensor, y: Tensor, target: int) -> tuple[Tensor, Tensor]:
-    """Trigger every test image whose true class is not ``target``; returns (images, true labels)."""
-    keep = y != target
-    return attack.apply(x[keep]), y[keep]
+def triggered_test_set(attack: Attack, x: Tensor, y: Tensor, target: int, num_classes: int = 10
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Trigger the test images whose backdoor label differs from their class.
+
+    Returns (triggered images, true labels, backdoor labels): all-to-one keeps the non-target
+    images; all-to-all keeps all.
+    """
+    backdoor = attack.backdoor_labels(y, target, num_classes)
+    keep = backdoor != y
+    return attack.apply(x[keep]), y[keep], backdoor[keep]

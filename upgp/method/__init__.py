@@ -12,7 +12,6 @@ of ``UPGPConfig``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..presets import Settings
 from .detection import Detection, detect, robust_z
 from .perturbation import Perturbation, unlearning_perturbation
 from .projection import (
@@ -44,7 +44,7 @@ from .unlearning import RemovalLog, projected_unlearning
 
 
 @dataclass(frozen=True)
-class UPGPConfig:
+class UPGPConfig(Settings):
     """Every setting of UPGP (defaults: the CPU-scale choices documented in the book)."""
 
     # 1. unlearning perturbation
@@ -75,13 +75,6 @@ class UPGPConfig:
     holdout_ratio: float = 0.5
     seed: int = 0
     bf16: bool = True
-
-    def replace(self, **changes: Any) -> UPGPConfig:
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
-        if unknown:
-            raise ValueError(f"unknown UPGP setting(s) {unknown}; choose from: {', '.join(sorted(fields))}")
-        return dataclasses.replace(self, **changes)
 
 
 def split_holdout(x: Tensor, y: Tensor, ratio: float, seed: int

@@ -1,0 +1,82 @@
+"""Defenses x attacks x architectures x seeds over cached backdoored models, one table row per run.
+
+``sweep(...)`` appends one row per finished run to a CSV table and rewrites it atomically after
+each run, so an interrupted sweep loses nothing: rerun the same call and it skips every row
+already there (matched on preset, defense, attack, arch, seed and the defense config's hash) and
+computes only the rest. Backdoored models and defense results are also cached on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from .defenses import defense_config
+from .experiments import Scenario, backdoored_model, run_defense
+from .io import atomic_write, config_hash
+from .presets import get_preset
+
+KEY = ["preset", "defense", "attack", "arch", "seed", "config_id"]
+
+
+def result_row(result: dict[str, Any], config_id: str) -> dict[str, Any]:
+    """Flatten a defense result (``run_defense``) into one tidy row."""
+    run = result["run"]
+    row = {"preset": run["preset"], "defense": result["defense"], "attack": run["attack"],
+           "arch": run["arch"], "seed": run["seed"], "config_id": config_id,
+           "width": run["width"], "data": run["data"], "scale": run["scale"]}
+    row.update({f"{k}_before": v for k, v in result["before"].items()})
+    row.update(result["after"])
+    row.update(der=result["der"], wall_seconds=result["wall_seconds"],
+               train_epoch_seconds=result["train_epoch_seconds"])
+    for k in ("auroc", "precision", "recall", "fpr", "flagged"):
+        if k in result.get("detection", {}):
+            row[f"detection_{k}"] = result["detection"][k]
+    return row
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The sweep table at ``path`` (empty if absent); a file that cannot be parsed is an error."""
+    if not path.exists():
+        return pd.DataFrame(columns=KEY)
+    try:
+        return pd.read_csv(path, dtype={"config_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"sweep table {path} is corrupt ({err}); move it away to start over") from err
+
+
+def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
+          seeds: Iterable[int] = (0,), preset: str = "cpu", out: str | Path = "sweep.csv",
+          data: str | Path | None = None, settings: dict[str, dict[str, Any]] | None = None,
+          progress: bool = True) -> pd.DataFrame:
+    """Run every combination not yet in the table at ``out``; returns the whole table.
+
+    ``settings`` maps a defense name to config changes (as ``upgp defend --set``).
+    """
+    out = Path(out)
+    defenses, attacks, archs, seeds = list(defenses), list(attacks), list(archs), list(seeds)
+    preset_ = get_preset(preset)
+    table = read_table(out)
+    done = {tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)}
+    jobs = [(a, m, s, d) for a in attacks for m in archs for s in seeds for d in defenses]
+    bar = tqdm(jobs, disable=not progress, desc="sweep")
+    scenarios: dict[tuple, Scenario] = {}
+    for attack, arch, seed, defense in bar:
+        config = defense_config(defense, preset_, seed, **(settings or {}).get(defense, {}))
+        config_id = config_hash(config, length=8)
+        if (preset, defense, attack, arch, str(seed), config_id) in done:
+            continue
+        bar.set_postfix_str(f"{defense} on {attack}/{arch}/seed {seed}")
+        if (attack, arch, seed) not in scenarios:
+            scenarios = {(attack, arch, seed): backdoored_model(attack, arch, preset_, seed, data,
+                                                                progress=progress)}
+        result = run_defense(scenarios[(attack, arch, seed)], defense, config)
+        row = pd.DataFrame([result_row(result, config_id)])
+        table = row if table.empty else pd.concat([table, row], ignore_index=True)
+        atomic_write(out, lambda tmp, t=table: t.to_csv(tmp, index=False))
+        done.add((preset, defense, attack, arch, str(seed), config_id))
+    return table
