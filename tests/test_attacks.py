@@ -12,8 +12,15 @@ def data():
 
 
 def make_attack(name: str, **params):
-    """``create_attack``, plus an untrained surrogate for attacks that craft poisons against one."""
+    """``create_attack`` made usable without training: an untrained surrogate for attacks that
+    craft poisons against one, untrained (seeded) trigger networks for attacks that learn them."""
+    torch.manual_seed(0)
     attack = create_attack(name, **params)
+    if attack.learned:
+        state = attack.trigger_state()
+        last = [k for k in state["mask"] if k.endswith("bias")][-1]
+        state["mask"][last].fill_(1.0)  # open the untrained mask: m(x) ~ 1
+        attack.load_trigger_state(state)
     if attack.needs_surrogate:
         torch.manual_seed(0)
         attack.set_surrogate(create_model("preact_resnet18", 10, 8), "untrained-test-surrogate")
@@ -48,9 +55,9 @@ def test_attack_changes_exactly_the_recorded_samples(name, data):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_is_a_pure_deterministic_transform(name, data):
-    attack = create_attack(name)
+    attack = make_attack(name)
     x = data.x_test[:16].clone()
-    a, b = attack.apply(x), create_attack(name).apply(x)
+    a, b = attack.apply(x), make_attack(name).apply(x)
     assert a.dtype == torch.uint8 and a.shape == x.shape
     assert torch.equal(a, b)
     assert torch.equal(x, data.x_test[:16])  # input untouched
@@ -145,3 +152,24 @@ def test_lc_keeps_labels_and_stays_within_eps(data):
     rest = torch.ones(len(data.y_train), dtype=torch.bool)
     rest[out.poison_idx] = False
     assert torch.equal(out.x[rest], data.x_train[rest])
+
+
+def test_iad_trains_with_the_classifier_and_triggers_differ_between_inputs(tmp_path):
+    from upgp.experiments import backdoored_model, build_scenario
+
+    sc = backdoored_model("iad", "preact_resnet18", "smoke", seed=0, progress=False)
+    assert sc.info["cache_hit"] is False and sc.info["attack_cost"]["trigger"]["cache_hit"] is False
+    x = sc.x_test[:32]
+    delta = sc.attack.apply(x).int() - x.int()
+    assert (delta != 0).any()
+    flat = delta.flatten(1).float()
+    assert not torch.allclose(flat[0], flat[1]) and flat.std(0).mean() > 0  # input-aware
+    # cross-trigger samples (another image's trigger) keep their labels
+    assert torch.equal(sc.train.y[sc.train.cross_idx], sc.train.y[sc.train.cross_idx])
+    assert len(sc.train.cross_idx) == len(sc.train.poison_idx)
+    # a rebuilt scenario loads the cached generator: identical triggers, no retraining
+    again = build_scenario("iad", "preact_resnet18", "smoke", seed=0)
+    assert again.info["attack_cost"]["trigger"]["cache_hit"] is True
+    assert torch.equal(again.x_triggered, sc.x_triggered)
+    with pytest.raises(ValueError, match="no trained generator"):
+        create_attack("iad").apply(x)

@@ -16,7 +16,7 @@ def test_train_writes_result(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--attack", "nope"], "unknown attack 'nope'; choose one of: badnets, blended, bpp, lc, sig, wanet"),
+    (["--attack", "nope"], "unknown attack 'nope'; choose one of: badnets, blended, bpp, iad, lc, sig, wanet"),
     (["--arch", "nope"], "unknown model 'nope'; choose one of:"),
     (["--preset", "nope"], "unknown preset 'nope'; choose one of: smoke, cpu, paper"),
     (["--ratio", "1.5"], "poison ratio 1.5 is outside (0, 1)"),

@@ -78,6 +78,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         state = "cache hit" if sur["cache_hit"] else "trained"
         print(f"attack cost: clean surrogate {sur['train_seconds']:.0f} s ({state}), "
               f"poisoning {cost['poisoning_seconds']:.0f} s (not in the training time)")
+    if "trigger" in cost:
+        print(f"attack cost: mask network {cost['trigger'].get('mask_seconds', float('nan')):.0f} s "
+              "before training; the pattern generator trains with the classifier")
     if sc.metrics["asr"] < 80:
         print(f"warning: ASR {sc.metrics['asr']:.1f}% is below 80%: the attack did not take hold")
     _finish(result, args.out)

@@ -102,6 +102,27 @@ class Scenario:
 SURROGATE_ARCH = "preact_resnet18"
 
 
+def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tensor,
+                    preset: Preset, seed: int, progress: bool = True
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """A model of ``arch`` trained on (x, y) at the preset: loaded from ``path``, or trained and
+    saved there. Returns the model (eval mode) and its training info (with ``cache_hit``)."""
+    torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+    model = create_model(arch, num_classes, preset.width)
+    cached = load_tensors(path)
+    if cached is not None:
+        model.load_state_dict(cached["state_dict"])
+        return model.to(default_device()).eval(), {**cached["info"], "cache_hit": True}
+    start = time.perf_counter()
+    info = train(model, x, y, preset, seed, progress=progress)
+    info["wall_seconds"] = time.perf_counter() - start
+    info["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, " \
+                      f"{default_device().type}"
+    save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                        "info": info})
+    return model.eval(), {**info, "cache_hit": False}
+
+
 def clean_surrogate(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: str,
                     num_classes: int, progress: bool = True) -> tuple[nn.Module, str, dict]:
     """A model trained on clean data at the preset (for attacks that craft poisons against one).
@@ -110,23 +131,39 @@ def clean_surrogate(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint
     """
     key = config_hash("clean-surrogate", SURROGATE_ARCH, preset, seed, fingerprint)
     path = cache_dir() / "models" / f"clean-{SURROGATE_ARCH}-{key}.pt"
-    torch.manual_seed(seed)
-    model = create_model(SURROGATE_ARCH, num_classes, preset.width)
+    model, info = cached_training(path, SURROGATE_ARCH, num_classes, x, y, preset, seed, progress)
+    return model, path.name, info
+
+
+def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str,
+                    x: Tensor, y: Tensor, num_classes: int, progress: bool = True
+                    ) -> dict[str, Any]:
+    """For attacks whose trigger is trained with the classifier (IAD): load both from the model
+    cache, or train them together on the clean (x, y) and cache them. Returns the trigger's
+    training info (its cost is reported apart from the classifier's)."""
+    path = _model_path(attack, arch, preset, seed, fingerprint)
     cached = load_tensors(path)
-    if cached is not None:
-        model.load_state_dict(cached["state_dict"])
-        return model.to(default_device()).eval(), path.name, {**cached["info"], "cache_hit": True}
-    info = train(model, x, y, preset, seed, progress=progress)
+    if cached is not None and "trigger" in cached:
+        attack.load_trigger_state(cached["trigger"])
+        return {**cached["info"].get("trigger", {}), "cache_hit": True}
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes, preset.width)
+    info = attack.train_with(model, x, y, preset, seed, num_classes, progress)
     save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                        "info": info})
-    return model.eval(), path.name, {**info, "cache_hit": False}
+                        "info": {**info, "trigger": {"mask_seconds": info["mask_seconds"]}},
+                        "trigger": attack.trigger_state()})
+    return {"mask_seconds": info["mask_seconds"], "cache_hit": False}
 
 
 def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
                    preset: str | Preset = "cpu", seed: int = 0, data: str | Path | None = None,
                    attack_params: dict[str, Any] | None = None,
                    **overrides: Any) -> Scenario:
-    """Data, reserve split, poisoned training set and triggered test set (no model yet)."""
+    """Data, reserve split, poisoned training set and triggered test set (no model yet).
+
+    Attacks whose trigger is learnt with the classifier (IAD) are the exception: their trigger
+    networks come from the model cache, so building the scenario trains (or loads) the model too.
+    """
     preset = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
     attack = attack if isinstance(attack, Attack) else create_attack(attack, **(attack_params or {}))
     create_model(arch)  # fail early on an unknown architecture
@@ -140,6 +177,10 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
         attack.set_surrogate(surrogate, name)
         attack_info["surrogate"] = {"model": name, "train_seconds": info["train_seconds"],
                                     "cache_hit": info["cache_hit"]}
+    if attack.learned and not attack.ready:
+        attack_info["trigger"] = learned_trigger(attack, arch, preset, seed, fingerprint,
+                                                 images.x_train[train_idx],
+                                                 images.y_train[train_idx], images.num_classes)
     start = time.perf_counter()
     poisoned = poison_dataset(attack, images.x_train[train_idx], images.y_train[train_idx],
                               preset.poison_ratio, preset.target, seed)
@@ -153,10 +194,15 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     return scenario
 
 
+def _model_path(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str) -> Path:
+    key = config_hash(arch, preset, seed, attack.name, attack.params(), fingerprint)
+    return cache_dir() / "models" / f"{attack.name}-{arch}-{key}.pt"
+
+
 def model_cache_path(scenario: Scenario) -> Path:
-    key = config_hash(scenario.arch, scenario.preset, scenario.seed, scenario.attack.name,
-                      scenario.attack.params(), scenario.info["data_fingerprint"])
-    return cache_dir() / "models" / f"{scenario.attack.name}-{scenario.arch}-{key}.pt"
+    """Where the scenario's backdoored model is cached (a hash of all that determines it)."""
+    return _model_path(scenario.attack, scenario.arch, scenario.preset, scenario.seed,
+                       scenario.info["data_fingerprint"])
 
 
 def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
@@ -165,24 +211,12 @@ def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resne
                      **overrides: Any) -> Scenario:
     """A scenario with its backdoored model: loaded from the cache, or trained and cached."""
     scenario = build_scenario(attack, arch, preset, seed, data, attack_params, **overrides)
-    preset_ = scenario.preset
-    torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
-    model = create_model(arch, scenario.num_classes, preset_.width)
-    path = model_cache_path(scenario)
-    cached = load_tensors(path)
-    if cached is not None:
-        model.load_state_dict(cached["state_dict"])
-        scenario.info.update(cached["info"], cache_hit=True)
-        model.to(default_device()).eval()
-    else:
-        start = time.perf_counter()
-        stats = train(model, scenario.train.x, scenario.train.y, preset_, seed, progress=progress)
-        stats["wall_seconds"] = time.perf_counter() - start
-        stats["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, " \
-                           f"{default_device().type}"
-        save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                            "info": stats})
-        scenario.info.update(stats, cache_hit=False)
+    model, info = cached_training(model_cache_path(scenario), arch, scenario.num_classes,
+                                  scenario.train.x, scenario.train.y, scenario.preset, seed,
+                                  progress)
+    scenario.info.update(info)
+    if scenario.info["attack_cost"].get("trigger", {}).get("cache_hit") is False:
+        scenario.info["cache_hit"] = False  # trained just now, with its trigger (IAD)
     scenario.model = model
     scenario.metrics = scenario.evaluate()
     return scenario
@@ -205,6 +239,18 @@ class DefenseRun:
     report: Any = None
 
 
+def defense_result(scenario: Scenario, defense: str, config: Any, model: nn.Module,
+                   wall_seconds: float) -> dict[str, Any]:
+    """The evaluation row every defense run gets: the run, its config, ACC/ASR/RA before and
+    after, DER, wall time and one training epoch's time (for scale)."""
+    after = scenario.evaluate(model)
+    return {"run": scenario.describe(), "defense": defense, "config": dataclasses.asdict(config),
+            "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
+            "wall_seconds": wall_seconds,
+            "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
+            / scenario.preset.epochs}
+
+
 def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
              flagged: Tensor | None = None, use_cache: bool = True) -> DefenseRun:
     """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection).
@@ -223,14 +269,9 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
     start = time.perf_counter()
     model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
                                 (scenario.reserve_x, scenario.reserve_y), config, flagged)
-    wall = time.perf_counter() - start
-    after = scenario.evaluate(model)
-    result = {"run": scenario.describe(), "defense": "upgp", "config": dataclasses.asdict(config),
-              "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
-              "detection": report.detection.evaluate(scenario.train.is_poisoned),
-              "upgp": report.summary(), "wall_seconds": wall,
-              "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
-              / scenario.preset.epochs}
+    result = defense_result(scenario, "upgp", config, model, time.perf_counter() - start)
+    result.update(detection=report.detection.evaluate(scenario.train.is_poisoned),
+                  upgp=report.summary())
     run = DefenseRun(result, report.scores, report.detection.flagged, report.detection.suspicion,
                      model, report)
     save_tensors(path, {"result": json.dumps(result, default=str), "scores": run.scores,
@@ -263,14 +304,8 @@ def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,
     start = time.perf_counter()
     model, report = defend(defense, scenario.model, (scenario.reserve_x, scenario.reserve_y),
                            config, train_set)
-    wall = time.perf_counter() - start
-    after = scenario.evaluate(model)
-    result = {"run": scenario.describe(), "defense": defense, "config": dataclasses.asdict(config),
-              "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
-              "wall_seconds": wall,
-              "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
-              / scenario.preset.epochs,
-              "report": {k: v for k, v in report.items() if k != "flagged"}}
+    result = defense_result(scenario, defense, config, model, time.perf_counter() - start)
+    result["report"] = {k: v for k, v in report.items() if k != "flagged"}
     if "flagged" in report:  # the samples a training-set defense isolated
         result["detection"] = detection_metrics(scenario.train.is_poisoned, report["flagged"])
     write_json(path, result)

@@ -1,6 +1,6 @@
 """Backdoor attacks, created by name: ``create_attack("badnets")``. One module per attack."""
 
-from . import badnets, blended, bpp, lc, sig, wanet  # noqa: F401  (each import registers its attack)
+from . import badnets, blended, bpp, iad, lc, sig, wanet  # noqa: F401  (each import registers its attack)
 from .base import (
                    ATTACKS,
                    Attack,

@@ -62,6 +62,7 @@ class Attack:
     cross_ratio = 0.0
     label_mode = "all2one"
     needs_surrogate = False  # LC: poisons are crafted against a clean model (``set_surrogate``)
+    learned = False  # IAD: the trigger is trained with the classifier (``train_with``)
 
     def apply(self, x: Tensor) -> Tensor:
         """Stamp the trigger on uint8 images; returns a new uint8 tensor."""

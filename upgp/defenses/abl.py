@@ -7,8 +7,8 @@ of the same architecture (the given model supplies only the architecture).
    faster and end with the lowest losses. The ``isolation_ratio`` (1%) lowest-loss samples are
    isolated.
 2. Training on the other 99% with the usual recipe.
-3. Unlearning: gradient ascent on CE over the isolated samples (SGD lr 5e-4, 5 epochs), with
-   BatchNorm in eval mode (our choice: the isolated 1% would otherwise overwrite its statistics).
+3. Unlearning: gradient ascent on CE over the isolated samples (SGD lr 5e-4, momentum 0.9,
+   5 epochs), BatchNorm in training mode as in the authors' code.
 Epoch counts are scaled per preset (20 isolation epochs at the paper preset, as in anchors.md).
 """
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method import per_sample_outputs
-from ..train import autocast, batches, fit, to_float
-from .base import Data, DefenseConfig, Report, register_defense
+from ..train import fit
+from .base import Data, DefenseConfig, Report, ascent_epoch, register_defense
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,12 @@ def anti_backdoor_learning(model: nn.Module, reserve: Data, config: ABLConfig,
     rest[isolated] = False
     main = fit(net, x[rest], y[rest], config.train_epochs, config.batch_size, config.lr,
                config.schedule, config.bf16, config.seed + 1)
-    device = next(net.parameters()).device
     opt = torch.optim.SGD(net.parameters(), lr=config.unlearn_lr, momentum=0.9,
                           weight_decay=5e-4)
     gen = torch.Generator().manual_seed(config.seed)
-    net.eval()
+    net.train()
     for _ in range(config.unlearn_epochs):
-        for idx in batches(n_iso, config.unlearn_batch, gen):
-            j = isolated[idx]
-            with autocast(device, config.bf16):
-                logits = net(to_float(x[j], device))
-            value = -F.cross_entropy(logits.float(), y[j].to(device))
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
+        ascent_epoch(net, x[isolated], y[isolated], config.unlearn_batch, opt, gen, config.bf16)
+    net.eval()
     return net, {"flagged": isolated.tolist(),
                  "seconds": {"isolation": iso["train_seconds"], "training": main["train_seconds"]}}

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from ..train import autocast, batches, to_float
 from .base import (
     Data,
-    DefenseConfig,
+    MaskPruningConfig,
     Report,
+    mask_step,
     masked_forward,
     neuron_masks,
     prune_by_mask,
@@ -33,14 +34,12 @@ from .base import (
 
 
 @dataclass(frozen=True)
-class ANPConfig(DefenseConfig):
+class ANPConfig(MaskPruningConfig):
     iterations: int = 500
     batch_size: int = 128
     eps: float = 0.4
     alpha: float = 0.2
     mask_lr: float = 0.2
-    threshold: float = 0.2
-    acc_ratio: float = 0.9  # cap: keep reserve accuracy >= this share of the original
 
 
 @register_defense("anp", ANPConfig,
@@ -80,12 +79,7 @@ def adversarial_neuron_pruning(model: nn.Module, reserve: Data, config: ANPConfi
                 for t, g in zip(noise, grads):
                     t.add_(config.eps * g).clamp_(-config.eps, config.eps)
             objective = config.alpha * loss(x, y, False) + (1 - config.alpha) * loss(x, y, True)
-            mask_opt.zero_grad(set_to_none=True)
-            objective.backward()
-            mask_opt.step()
-            with torch.no_grad():
-                for m in masks.values():
-                    m.clamp_(0.0, 1.0)
+            mask_step(mask_opt, masks, objective)
             step += 1
             if step >= config.iterations:
                 break

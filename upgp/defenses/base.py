@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..presets import Preset, Settings
-from ..train import accuracy, fit
+from ..train import accuracy, autocast, batches, fit, to_float
 
 Data = tuple[Tensor, Tensor]
 Report = dict[str, Any]
@@ -32,6 +33,14 @@ class DefenseConfig(Settings):
 
     seed: int = 0
     bf16: bool = True
+
+
+@dataclass(frozen=True)
+class MaskPruningConfig(DefenseConfig):
+    """Shared by the defenses that learn a mask per BatchNorm channel and prune by it (ANP, RNP)."""
+
+    threshold: float = 0.2  # prune channels whose mask ends below this (BackdoorBench)
+    acc_ratio: float = 0.9  # cap: keep reserve accuracy >= this share of the original
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,29 @@ def fine_tune(model: nn.Module, reserve: Data, epochs: int, lr: float, batch_siz
     """Fine-tune ``model`` in place on the reserve: SGD, cosine schedule, crop + flip."""
     return fit(model, reserve[0], reserve[1], epochs, batch_size, lr, "cosine", config.bf16,
                config.seed, **kwargs)
+
+
+def ascent_epoch(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
+                 opt: torch.optim.Optimizer, gen: torch.Generator, bf16: bool) -> None:
+    """One epoch of gradient ascent on CE over (x, y), i.e. SGD on -CE(f(x), y) (ABL, RNP)."""
+    device = next(model.parameters()).device
+    for idx in batches(len(y), batch_size, gen):
+        with autocast(device, bf16):
+            logits = model(to_float(x[idx], device))
+        loss = -F.cross_entropy(logits.float(), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def mask_step(opt: torch.optim.Optimizer, masks: dict[str, Tensor], loss: Tensor) -> None:
+    """One optimiser step on the neuron masks, then clamp them to [0, 1] (ANP, RNP)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for m in masks.values():
+            m.clamp_(0.0, 1.0)
 
 
 def batch_norms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
@@ -164,6 +196,6 @@ def count_neurons(model: nn.Module) -> int:
     return sum(bn.num_features for bn in batch_norms(model).values())
 
 
-__all__ = ["DEFENSES", "Data", "DefenseConfig", "DefenseSpec", "Report",
-           "batch_norms", "count_neurons", "defend", "defense_config", "fine_tune",
-           "get_defense", "masked_forward", "neuron_masks", "prune_by_mask", "register_defense"]
+__all__ = ["DEFENSES", "Data", "DefenseConfig", "DefenseSpec", "MaskPruningConfig", "Report",
+           "ascent_epoch", "batch_norms", "count_neurons", "defend", "defense_config", "fine_tune",
+           "get_defense", "mask_step", "masked_forward", "neuron_masks", "prune_by_mask", "register_defense"]

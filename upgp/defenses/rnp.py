@@ -22,8 +22,10 @@ from torch import nn
 from ..train import accuracy, autocast, batches, to_float
 from .base import (
     Data,
-    DefenseConfig,
+    MaskPruningConfig,
     Report,
+    ascent_epoch,
+    mask_step,
     masked_forward,
     neuron_masks,
     prune_by_mask,
@@ -32,7 +34,7 @@ from .base import (
 
 
 @dataclass(frozen=True)
-class RNPConfig(DefenseConfig):
+class RNPConfig(MaskPruningConfig):
     clean_size: int = 500  # 1% of CIFAR-10's training set, taken from the reserve
     batch_size: int = 128
     unlearn_lr: float = 0.01
@@ -40,8 +42,6 @@ class RNPConfig(DefenseConfig):
     clean_threshold: float = 0.2
     recover_lr: float = 0.2
     recover_epochs: int = 20
-    threshold: float = 0.2
-    acc_ratio: float = 0.9  # cap: keep reserve accuracy >= this share of the original
 
 
 @register_defense("rnp", RNPConfig,
@@ -58,13 +58,7 @@ def reconstructive_neuron_pruning(model: nn.Module, reserve: Data, config: RNPCo
                           weight_decay=5e-4)
     epochs, clean_acc = 0, accuracy(unlearned, x_clean, y_clean, bf16=config.bf16)
     while epochs < config.unlearn_max_epochs and clean_acc > config.clean_threshold:
-        for idx in batches(len(y_clean), config.batch_size, gen):
-            with autocast(device, config.bf16):
-                logits = unlearned(to_float(x_clean[idx], device))
-            loss = -F.cross_entropy(logits.float(), y_clean[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        ascent_epoch(unlearned, x_clean, y_clean, config.batch_size, opt, gen, config.bf16)
         epochs += 1
         clean_acc = accuracy(unlearned, x_clean, y_clean, bf16=config.bf16)
 
@@ -77,13 +71,7 @@ def reconstructive_neuron_pruning(model: nn.Module, reserve: Data, config: RNPCo
         for idx in batches(len(y_clean), config.batch_size, gen):
             with autocast(device, config.bf16):
                 logits = masked_forward(unlearned, to_float(x_clean[idx], device), masks, masks)
-            loss = F.cross_entropy(logits.float(), y_clean[idx].to(device))
-            mask_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            mask_opt.step()
-            with torch.no_grad():
-                for m in masks.values():
-                    m.clamp_(0.0, 1.0)
+            mask_step(mask_opt, masks, F.cross_entropy(logits.float(), y_clean[idx].to(device)))
 
     pruned, report = prune_by_mask(model.eval(), masks, config.threshold, reserve,
                                    config.acc_ratio, zero_bias=True, bf16=config.bf16)
