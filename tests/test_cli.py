@@ -16,7 +16,8 @@ def test_train_writes_result(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--attack", "nope"], "unknown attack 'nope'; choose one of: badnets, blended, bpp, iad, lc, sig, wanet"),
+    (["--attack", "nope"],
+     "unknown attack 'nope'; choose one of: badnets, blended, bpp, iad, lc, sig, wanet"),
     (["--arch", "nope"], "unknown model 'nope'; choose one of:"),
     (["--preset", "nope"], "unknown preset 'nope'; choose one of: smoke, cpu, paper"),
     (["--ratio", "1.5"], "poison ratio 1.5 is outside (0, 1)"),
@@ -27,3 +28,28 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert main(["train", *preset, *argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["defend", "--defense", "nc"], "unknown defense 'nc'; choose one of: abl, anp, fp, ft, ibau"),
+    (["defend", "--defense", "ft", "--no-projection"], "--no-projection applies to upgp only"),
+    (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
+    (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
+])
+def test_bad_defense_input_is_one_line(argv, message, capsys):
+    assert main([*argv, "--preset", "smoke", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_defend_with_a_baseline_and_sweep(tmp_path, capsys):
+    out, table = tmp_path / "ft.json", tmp_path / "sweep.csv"
+    common = ["--attack", "blended", "--preset", "smoke", "--epochs", "2", "--quiet"]
+    assert main(["defend", "--defense", "ft", *common, "--set", "epochs=1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["defense"] == "ft" and result["config"]["epochs"] == 1
+    assert set(result["after"]) == {"acc", "asr", "ra"} and "der" in result
+    assert "after ft:" in capsys.readouterr().out
+    assert main(["sweep", "--defenses", "ft", "fp", "--attacks", "blended", "--preset", "smoke",
+                 "--out", str(table), "--quiet"]) == 0
+    assert table.read_text().count("\n") == 3  # header + one row per defense
