@@ -157,7 +157,7 @@ def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, finger
 
 def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet18",
                    preset: str | Preset = "cpu", seed: int = 0, data: str | Path | None = None,
-                   attack_params: dict[str, Any] | None = None,
+                   attack_params: dict[str, Any] | None = None, progress: bool = True,
                    **overrides: Any) -> Scenario:
     """Data, reserve split, poisoned training set and triggered test set (no model yet).
 
@@ -173,14 +173,15 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     if attack.needs_surrogate:
         surrogate, name, info = clean_surrogate(images.x_train[train_idx],
                                                 images.y_train[train_idx], preset, seed,
-                                                fingerprint, images.num_classes)
+                                                fingerprint, images.num_classes, progress)
         attack.set_surrogate(surrogate, name)
         attack_info["surrogate"] = {"model": name, "train_seconds": info["train_seconds"],
                                     "cache_hit": info["cache_hit"]}
     if attack.learned and not attack.ready:
         attack_info["trigger"] = learned_trigger(attack, arch, preset, seed, fingerprint,
                                                  images.x_train[train_idx],
-                                                 images.y_train[train_idx], images.num_classes)
+                                                 images.y_train[train_idx], images.num_classes,
+                                                 progress)
     start = time.perf_counter()
     poisoned = poison_dataset(attack, images.x_train[train_idx], images.y_train[train_idx],
                               preset.poison_ratio, preset.target, seed)
@@ -210,7 +211,8 @@ def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resne
                      attack_params: dict[str, Any] | None = None, progress: bool = True,
                      **overrides: Any) -> Scenario:
     """A scenario with its backdoored model: loaded from the cache, or trained and cached."""
-    scenario = build_scenario(attack, arch, preset, seed, data, attack_params, **overrides)
+    scenario = build_scenario(attack, arch, preset, seed, data, attack_params, progress,
+                              **overrides)
     model, info = cached_training(model_cache_path(scenario), arch, scenario.num_classes,
                                   scenario.train.x, scenario.train.y, scenario.preset, seed,
                                   progress)

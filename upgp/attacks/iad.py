@@ -60,9 +60,13 @@ class TriggerNet(nn.Module):
 
 
 def diversity_loss(x1: Tensor, x2: Tensor, g1: Tensor, g2: Tensor, eps: float = 1e-7) -> Tensor:
-    """mean_i ||x1_i - x2_i|| / ||g1_i - g2_i||: small when different inputs get different outputs."""
-    d_x = (x1 - x2).pow(2).mean((1, 2, 3)).sqrt()
-    d_g = (g1 - g2).pow(2).mean((1, 2, 3)).sqrt()
+    """mean_i ||x1_i - x2_i|| / ||g1_i - g2_i||: small when different inputs get different outputs.
+
+    (RMS distances; 1e-12 under the square roots keeps the gradient finite when two outputs
+    coincide, e.g. two masks saturated at 0.)
+    """
+    d_x = ((x1 - x2).pow(2).mean((1, 2, 3)) + 1e-12).sqrt()
+    d_g = ((g1 - g2).pow(2).mean((1, 2, 3)) + 1e-12).sqrt()
     return (d_x / (d_g + eps)).mean()
 
 
