@@ -192,10 +192,6 @@ def prune_by_mask(model: nn.Module, masks: dict[str, Tensor], threshold: float, 
                     "reserve_accuracy": [base, accuracy(pruned, *reserve, bf16=bf16)]}
 
 
-def count_neurons(model: nn.Module) -> int:
-    return sum(bn.num_features for bn in batch_norms(model).values())
-
-
 __all__ = ["DEFENSES", "Data", "DefenseConfig", "DefenseSpec", "MaskPruningConfig", "Report",
-           "ascent_epoch", "batch_norms", "count_neurons", "defend", "defense_config", "fine_tune",
+           "ascent_epoch", "batch_norms", "defend", "defense_config", "fine_tune",
            "get_defense", "mask_step", "masked_forward", "neuron_masks", "prune_by_mask", "register_defense"]
