@@ -35,6 +35,8 @@ def test_bad_input_is_one_line(argv, message, capsys):
     (["defend", "--defense", "ft", "--no-projection"], "--no-projection applies to upgp only"),
     (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
     (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
+    (["train", "--attack", "bpp", "--attack-param", "cros_ratio=0"],
+     "unknown parameter(s) cros_ratio for attack 'bpp'; allowed: squeeze_num, dithering, cross_ratio"),
 ])
 def test_bad_defense_input_is_one_line(argv, message, capsys):
     assert main([*argv, "--preset", "smoke", "--epochs", "1", "--quiet"]) == 2

@@ -1,7 +1,15 @@
+import pytest
 import torch
 
-from upgp.experiments import run_upgp
-from upgp.method import UPGPConfig, detect, robust_z, unlearning_perturbation, upgp_defend
+from upgp.experiments import removal_trajectory, run_upgp
+from upgp.method import (
+    UPGPConfig,
+    detect,
+    robust_z,
+    subsample_reserve,
+    unlearning_perturbation,
+    upgp_defend,
+)
 
 
 def test_robust_z_and_detect_flag_the_low_tail():
@@ -39,9 +47,27 @@ def test_given_flagged_set_is_used(smoke_scenario):
     assert report.detection.rule == "given" and len(report.detection.flagged) == 10
 
 
-def test_detection_baselines_score_every_sample(smoke_scenario):
-    import pytest
+def test_removal_trajectory_follows_the_loop_without_stopping(smoke_scenario):
+    sc = smoke_scenario
+    rows = removal_trajectory(sc, UPGPConfig(), max_steps=10, every=5)
+    assert [r["steps"] for r in rows] == [0, 5, 10]  # the stopping rules are off
+    assert {k: rows[0][k] for k in ("acc", "asr", "ra")} == pytest.approx(sc.metrics)
+    assert rows[-1]["asr"] != rows[0]["asr"] and 0 <= rows[-1]["flagged_accuracy"] <= 1
+    assert removal_trajectory(sc, UPGPConfig(), max_steps=10, every=5) == rows  # cached
 
+
+def test_reserve_size_subsamples_the_reserve(smoke_scenario):
+    sc = smoke_scenario
+    x, y = subsample_reserve(sc.reserve_x, sc.reserve_y, 40, seed=0)
+    assert len(y) == 40 and torch.equal(x, subsample_reserve(sc.reserve_x, sc.reserve_y, 40, 0)[0])
+    assert subsample_reserve(sc.reserve_x, sc.reserve_y, 0, 0)[1] is sc.reserve_y
+    result = run_upgp(sc, UPGPConfig(removal_max_steps=5), reserve_size=40).result
+    assert result["reserve_size"] == 40
+    with pytest.raises(ValueError, match=f"reserve_size {len(y) * 1000} is outside"):
+        subsample_reserve(sc.reserve_x, sc.reserve_y, len(y) * 1000, seed=0)
+
+
+def test_detection_baselines_score_every_sample(smoke_scenario):
     from upgp.detectors import DETECTORS, detector_scores
     from upgp.metrics import auroc
 

@@ -36,6 +36,8 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="base channels of the model (64 = standard)")
     p.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA, else download)")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
+    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="an attack parameter, e.g. --attack-param cross_ratio=0 (bpp)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -44,7 +46,9 @@ def _load(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in ("target", "poison_ratio", "reserve_ratio",
                                                 "epochs", "width")}
-    attack_params = {"label_mode": args.label_mode} if args.label_mode != "all2one" else None
+    attack_params = _parse_settings(args.attack_param)
+    if args.label_mode != "all2one":
+        attack_params["label_mode"] = args.label_mode
     return backdoored_model(args.attack, args.arch, args.preset, args.seed, args.data,
                             attack_params, progress=not args.quiet, **overrides)
 
@@ -87,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs -> typed UPGP settings (JSON literals, else strings)."""
+    """``key=value`` pairs -> typed settings (JSON literals, else strings)."""
     out = {}
     for pair in pairs:
         if "=" not in pair:

@@ -32,6 +32,7 @@ from .method import (
     per_sample_outputs,
     sensitivity_scores,
     split_holdout,
+    subsample_reserve,
     unlearning_perturbation,
     upgp_defend,
 )
@@ -254,31 +255,67 @@ def defense_result(scenario: Scenario, defense: str, config: Any, model: nn.Modu
 
 
 def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
-             flagged: Tensor | None = None, use_cache: bool = True) -> DefenseRun:
+             flagged: Tensor | None = None, use_cache: bool = True,
+             reserve_size: int = 0) -> DefenseRun:
     """Run UPGP on a scenario's backdoored model and evaluate it (ACC/ASR/RA, DER, detection).
 
-    Results are cached under the backdoored model, the config and the given flagged set, so
-    notebooks and the CLI share finished runs.
+    ``reserve_size`` > 0 gives the defense a seeded subset of that many reserve images (the
+    reserve-size ablation). Results are cached under the backdoored model, the config, the given
+    flagged set and the reserve size, so notebooks and the CLI share finished runs.
     """
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     key = config_hash(model_cache_path(scenario).name, config,
-                      None if flagged is None else flagged.tolist())
+                      None if flagged is None else flagged.tolist(),
+                      *((reserve_size,) if reserve_size else ()))  # keys made before it stay valid
     path = cache_dir() / "defenses" / f"upgp-{scenario.attack.name}-{scenario.arch}-{key}.pt"
     cached = load_tensors(path) if use_cache else None
     if cached is not None:
         return DefenseRun(json.loads(cached["result"]), cached["scores"], cached["flagged"],
                           cached["suspicion"])
+    reserve = subsample_reserve(scenario.reserve_x, scenario.reserve_y, reserve_size,
+                                scenario.seed)
     start = time.perf_counter()
-    model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
-                                (scenario.reserve_x, scenario.reserve_y), config, flagged)
+    model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y), reserve,
+                                config, flagged)
     result = defense_result(scenario, "upgp", config, model, time.perf_counter() - start)
     result.update(detection=report.detection.evaluate(scenario.train.is_poisoned),
-                  upgp=report.summary())
+                  upgp=report.summary(), reserve_size=len(reserve[1]))
     run = DefenseRun(result, report.scores, report.detection.flagged, report.detection.suspicion,
                      model, report)
     save_tensors(path, {"result": json.dumps(result, default=str), "scores": run.scores,
                         "flagged": run.flagged, "suspicion": run.suspicion})
     return run
+
+
+def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
+                       max_steps: int = 200, every: int = 10) -> list[dict[str, Any]]:
+    """ACC/ASR/RA of the model along UPGP's removal loop, every ``every`` steps up to
+    ``max_steps``, with the stopping rules switched off (the removal-budget ablation).
+
+    Each row also holds what the defender sees at that step (flagged-set accuracy, held-out
+    reserve accuracy), so the default stopping rule can be placed on the curve. Cached as JSON.
+    """
+    config = (config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)).replace(
+        removal_max_steps=max_steps, check_every=every, stop_flagged_accuracy=-1.0,
+        max_holdout_drop=1.0)
+    key = config_hash(model_cache_path(scenario).name, "trajectory", config)
+    path = (cache_dir() / "defenses"
+            / f"trajectory-{scenario.attack.name}-{scenario.arch}-{key}.json")
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            warnings.warn(f"corrupt cached result {path} ignored; rerunning", stacklevel=2)
+    rows: list[dict[str, Any]] = []
+    _, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
+                            (scenario.reserve_x, scenario.reserve_y), config,
+                            on_check=lambda step, m: rows.append(
+                                {"steps": step, **scenario.evaluate(m)}))
+    for row, flagged, holdout in zip(rows, report.removal.flagged_accuracy,
+                                     report.removal.holdout_accuracy, strict=True):
+        row.update(flagged_accuracy=flagged, holdout_accuracy=holdout)
+    write_json(path, rows)
+    return rows
 
 
 def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,

@@ -139,3 +139,26 @@ def defense_grid(table: Any, metrics: Sequence[str] = ("acc", "asr", "ra", "der"
         ax.set_title(m.upper() + (" (%)" if m != "der" else ""))
         ax.grid(False)
     return fig
+
+
+def metric_curves(curves: Sequence[tuple[str, Sequence[float], dict[str, Sequence[float]]]],
+                  xlabel: str, marks: Sequence[tuple[str, float]] = (), logx: bool = False,
+                  metrics: Sequence[str] = ("acc", "asr", "ra")) -> Figure:
+    """One panel per metric, one line per (label, x values, {metric: y values}); ``marks`` are
+    labelled vertical lines (e.g. where a stopping rule ends the loop)."""
+    use_style()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.7 * len(metrics), 2.5), sharex=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        for label, x, ys in curves:
+            ax.plot(x, ys[m], marker="o", ms=2.5, label=label)
+        for label, at in marks:
+            ax.axvline(at, color="0.5", lw=0.8, ls="--")
+            ax.annotate(label, (at, 0.98), xycoords=("data", "axes fraction"), fontsize=6,
+                        color="0.4", ha="left", va="top", rotation=90)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(m.upper() + " (%)")
+    if len(curves) > 1:
+        np.atleast_1d(axes)[0].legend()
+    return fig

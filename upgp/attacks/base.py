@@ -9,6 +9,7 @@ in ``upgp/attacks/__init__.py``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ def create_attack(name: str, label_mode: str = "all2one", **params) -> Attack:
         raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}")
     if label_mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {label_mode!r}; choose one of: {', '.join(LABEL_MODES)}")
+    allowed = [k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for attack {name!r}; "
+                         f"allowed: {', '.join(allowed) or 'none'}")
     attack = ATTACKS[name](**params)
     if label_mode != "all2one":
         if attack.clean_label:

@@ -13,6 +13,7 @@ of ``UPGPConfig``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,12 +110,26 @@ class UPGPReport:
                 "seconds": self.seconds}
 
 
+def subsample_reserve(x: Tensor, y: Tensor, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded subset of ``size`` reserve images (``size`` 0: the whole reserve)."""
+    if size == 0:
+        return x, y
+    if not 2 <= size <= len(y):
+        raise ValueError(f"reserve_size {size} is outside [2, {len(y)}] (the reserve holds "
+                         f"{len(y)} images; 0 uses all of them)")
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 2))[:size]
+    return x[keep], y[keep]
+
+
 def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
                 reserve: tuple[Tensor, Tensor], config: UPGPConfig = UPGPConfig(),
-                flagged: Tensor | None = None) -> tuple[nn.Module, UPGPReport]:
+                flagged: Tensor | None = None,
+                on_check: Callable[[int, nn.Module], None] | None = None
+                ) -> tuple[nn.Module, UPGPReport]:
     """Detect backdoor samples in ``train_set`` by unlearning sensitivity, then unlearn them.
 
-    ``flagged`` replaces step 3 with a given set (the random and oracle ablations).
+    ``flagged`` replaces step 3 with a given set (the random and oracle ablations);
+    ``on_check`` is handed to the removal loop (see ``projected_unlearning``).
     The input model is not modified.
     """
     x, y = train_set
@@ -144,7 +159,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         model, x[idx], y[idx], x_fit, y_fit, x_hold, y_hold, config.projection,
         config.removal_loss, config.removal_lr, config.removal_batch, config.removal_max_steps,
         config.stop_flagged_accuracy, config.max_holdout_drop, config.check_every,
-        config.subspace_k, config.gpm_energy, config.seed, config.bf16)
+        config.subspace_k, config.gpm_energy, config.seed, config.bf16, on_check)
     seconds["removal"] = time.perf_counter() - start
     report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection, removal,
                         seconds)
@@ -156,4 +171,4 @@ __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport"
            "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
            "per_sample_outputs", "project_gpm", "project_out", "project_out_per_layer",
            "project_out_subspace", "projected_unlearning", "robust_z", "sensitivity_scores",
-           "split_holdout", "unlearning_perturbation", "upgp_defend"]
+           "split_holdout", "subsample_reserve", "unlearning_perturbation", "upgp_defend"]

@@ -10,6 +10,7 @@ and the accuracy on a held-out part of N.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,12 +78,15 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                          lr: float = 2e-4, batch_size: int = 128, max_steps: int = 300,
                          stop_flagged_accuracy: float = 0.1, max_holdout_drop: float = 0.03,
                          check_every: int = 10, subspace_k: int = 4, gpm_energy: float = 0.97,
-                         seed: int = 0, bf16: bool = True) -> tuple[nn.Module, RemovalLog]:
+                         seed: int = 0, bf16: bool = True,
+                         on_check: Callable[[int, nn.Module], None] | None = None
+                         ) -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` with the flagged set unlearned, and the log of the loop.
 
     Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, when the
     held-out reserve accuracy has dropped by more than ``max_holdout_drop`` (the last step is then
-    undone), or after ``max_steps``.
+    undone), or after ``max_steps``. ``on_check(steps, model)`` is called at step 0 and at every
+    accepted check (for removal-budget plots; the loop never reads what it computes).
     """
     if projection not in PROJECTIONS:
         raise ValueError(f"unknown projection {projection!r}; choose one of: {', '.join(PROJECTIONS)}")
@@ -97,6 +101,8 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     base_holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
     log.holdout_accuracy.append(base_holdout)
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
+    if on_check is not None:
+        on_check(0, model)
     cos_sum = 0.0
 
     def reserve_batches():
@@ -147,6 +153,8 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
             flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
             log.holdout_accuracy.append(holdout)
             log.flagged_accuracy.append(flagged)
+            if on_check is not None:
+                on_check(log.steps, model)
             if flagged <= stop_flagged_accuracy:
                 log.stop_reason = "flagged set unlearned"
                 break
