@@ -9,10 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from upgp.reproduce import ROOT, notebooks, reproduce
+from upgp.reproduce import ROOT, notebooks, reproduce, results_dir, run_one
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +29,18 @@ def test_every_notebook_has_parameters_and_no_outputs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
 
 
-def test_notebooks_execute_at_smoke_preset():
+def test_notebooks_execute_at_smoke_preset(tmp_path, monkeypatch):
     table = reproduce("smoke")
     assert list(table.status) == ["ok"] * len(notebooks()), table.to_string()
+    # one command reruns a chapter for one attack; from an empty cache it reproduces that row
+    monkeypatch.setenv("UPGP_CACHE", str(tmp_path / "fresh-cache"))
+    params = {"preset": "smoke", "attacks": "blended", "archs": "vgg19_bn"}
+    rerun = run_one("04_main_results", params, tmp_path / "rerun")
+    row = pd.read_csv(rerun.parent / "results" / "main_results.csv")
+    book = pd.read_csv(results_dir("smoke") / "main_results.csv")
+    book = book[(book.attack == "blended") & (book.arch == "vgg19_bn")]
+    assert len(row) == 1 and len(book) == 1
+    pd.testing.assert_frame_equal(row.reset_index(drop=True), book.reset_index(drop=True))
 
 
 def _chapters() -> list[str]:
