@@ -34,13 +34,19 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
+# what determines a result; executed notebooks, figures and tables written by a run are not
+CODE_PATHS = ("upgp", "notebooks", "pyproject.toml", "environment.yml")
+
+
 def commit() -> str:
-    """Short git commit of the checkout (with ``+dirty`` if it has changes), or 'unknown'."""
+    """Short git commit of the checkout, with ``+dirty`` if its code (``CODE_PATHS``) differs
+    from that commit, or 'unknown'. Outputs a run writes (book/, results/) do not count."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, text=True,
                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=_ROOT, text=True, capture_output=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], cwd=_ROOT, text=True,
+                               capture_output=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
