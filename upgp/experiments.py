@@ -103,6 +103,11 @@ class Scenario:
 SURROGATE_ARCH = "preact_resnet18"
 
 
+def machine() -> str:
+    """Where a model was trained, for its training info: 'x86_64 2 threads, cpu'."""
+    return f"{platform.machine()} {torch.get_num_threads()} threads, {default_device().type}"
+
+
 def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tensor,
                     preset: Preset, seed: int, progress: bool = True
                     ) -> tuple[nn.Module, dict[str, Any]]:
@@ -117,8 +122,7 @@ def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tenso
     start = time.perf_counter()
     info = train(model, x, y, preset, seed, progress=progress)
     info["wall_seconds"] = time.perf_counter() - start
-    info["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, " \
-                      f"{default_device().type}"
+    info["machine"] = machine()
     save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                         "info": info})
     return model.eval(), {**info, "cache_hit": False}
@@ -149,7 +153,8 @@ def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, finger
         return {**cached["info"].get("trigger", {}), "cache_hit": True}
     torch.manual_seed(seed)
     model = create_model(arch, num_classes, preset.width)
-    info = attack.train_with(model, x, y, preset, seed, num_classes, progress)
+    info = {**attack.train_with(model, x, y, preset, seed, num_classes, progress),
+            "machine": machine()}
     save_tensors(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                         "info": {**info, "trigger": {"mask_seconds": info["mask_seconds"]}},
                         "trigger": attack.trigger_state()})
