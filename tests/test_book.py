@@ -83,10 +83,9 @@ def test_book_builds_and_chapters_render_with_figures(built_book):
         assert html.exists(), chapter
         dom = _render(html.as_uri())
         assert "<h1" in dom and "bd-article" in dom, chapter
-        nb = ROOT / f"{chapter}.ipynb"
-        if nb.exists() and '"image/png"' in nb.read_text():
-            images = re.findall(r'<img[^>]+src="([^"]+)"', dom)
-            assert images, f"{chapter} shows no figure"
-            for src in images:
-                if not src.startswith(("http", "data:")):
-                    assert (html.parent / src).exists(), (chapter, src)
+        source = ROOT / "notebooks" / f"{Path(chapter).name}.ipynb"
+        if source.exists() and "glue:figure" in source.read_text():
+            figures = re.findall(r'<img[^>]+src="([^"]*_images/[^"]+)"', dom)
+            assert figures, f"{chapter} glues a figure but its page shows none"
+            for src in figures:
+                assert (html.parent / src).exists(), (chapter, src)

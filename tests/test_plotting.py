@@ -31,3 +31,13 @@ def test_commit_is_dirty_only_when_code_changed(tmp_path, monkeypatch):
     assert plotting.commit() == clean
     (tmp_path / "upgp" / "a.py").write_text("x = 2\n")
     assert plotting.commit() == clean + "+dirty"
+
+
+def test_figures_render_as_png_in_an_ipython_kernel():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()  # what get_ipython() returns inside a kernel
+    fig = plotting.metric_curves([("a", [1, 2], {"acc": [1, 2], "asr": [3, 4], "ra": [5, 6]})],
+                                 "x")
+    data, _ = shell.display_formatter.format(fig)
+    assert "image/png" in data  # else glue() stores only "<Figure ...>" and the book shows none

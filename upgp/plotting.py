@@ -32,6 +32,20 @@ STYLE = {
 
 def use_style() -> None:
     plt.rcParams.update(STYLE)
+    _show_figures_in_notebooks()
+
+
+def _show_figures_in_notebooks() -> None:
+    """Under the Agg backend an IPython kernel renders a figure as text only; register a PNG
+    formatter so ``display(fig)`` and myst-nb's ``glue(name, fig)`` store the image."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"}, bbox_inches="tight")
 
 
 # what determines a result; executed notebooks, figures and tables written by a run are not
