@@ -176,3 +176,13 @@ def test_iad_trains_with_the_classifier_and_triggers_differ_between_inputs(tmp_p
     assert torch.equal(again.x_triggered, sc.x_triggered)
     with pytest.raises(ValueError, match="no trained generator"):
         create_attack("iad").apply(x)
+
+
+def test_lc_surrogate_is_shared_across_poisoning_ratios():
+    from upgp.experiments import build_scenario
+
+    first = build_scenario("lc", "preact_resnet18", "smoke", progress=False, epochs=1)
+    other = build_scenario("lc", "preact_resnet18", "smoke", progress=False, epochs=1,
+                           poison_ratio=0.05, target=2)
+    cost = first.info["attack_cost"]["surrogate"], other.info["attack_cost"]["surrogate"]
+    assert cost[1]["cache_hit"] and cost[1]["model"] == cost[0]["model"]

@@ -101,6 +101,7 @@ class Scenario:
 
 
 SURROGATE_ARCH = "preact_resnet18"
+SURROGATE_UNUSED = ("poison_ratio", "target")  # preset fields a clean surrogate's training ignores
 
 
 def machine() -> str:
@@ -134,7 +135,9 @@ def clean_surrogate(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint
 
     Cached like the backdoored models; returns (model, cache name, training info).
     """
-    key = config_hash("clean-surrogate", SURROGATE_ARCH, preset, seed, fingerprint)
+    training = {k: v for k, v in dataclasses.asdict(preset).items()
+                if k not in SURROGATE_UNUSED}  # so every poisoning ratio shares one surrogate
+    key = config_hash("clean-surrogate", SURROGATE_ARCH, training, seed, fingerprint)
     path = cache_dir() / "models" / f"clean-{SURROGATE_ARCH}-{key}.pt"
     model, info = cached_training(path, SURROGATE_ARCH, num_classes, x, y, preset, seed, progress)
     return model, path.name, info
