@@ -75,3 +75,16 @@ def test_corrupt_cache_is_rebuilt():
 def test_smoke_backdoor_takes_hold(smoke_scenario):
     m = smoke_scenario.metrics
     assert m["acc"] > 90 and m["asr"] > 90, m
+
+
+def test_corrupt_json_cache_is_dropped(tmp_path):
+    from upgp.io import load_json, write_json
+
+    path = tmp_path / "result.json"
+    assert load_json(path) is None
+    write_json(path, {"acc": 1.0})
+    assert load_json(path) == {"acc": 1.0}
+    path.write_text("{truncated")
+    with pytest.warns(UserWarning, match="corrupt cache file"):
+        assert load_json(path) is None
+    assert not path.exists()

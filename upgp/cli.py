@@ -90,17 +90,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     _finish(result, args.out)
 
 
+def _literal(value: str) -> Any:
+    """A command-line value as a JSON literal (number, bool, list...), else the string itself."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs -> typed settings (JSON literals, else strings)."""
+    """``key=value`` pairs -> typed settings."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"setting {pair!r} is not of the form key=value")
         key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = _literal(value)
     return out
 
 
@@ -153,13 +158,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from .reproduce import run_one
 
-    params: dict[str, Any] = {}
-    for key, value in args.p:
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    run_one(args.notebook, params, args.output)
+    run_one(args.notebook, {key: _literal(value) for key, value in args.p}, args.output)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from .attacks import Attack, PoisonedSet, create_attack, poison_dataset, triggered_test_set
 from .data import ImageData, load_dataset, split_reserve
 from .defenses import defend, defense_config, get_defense
-from .io import cache_dir, config_hash, load_tensors, save_tensors, write_json
+from .io import cache_dir, config_hash, load_json, load_tensors, save_tensors, write_json
 from .method import (
     UPGPConfig,
     flat_delta,
@@ -315,11 +314,9 @@ def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
     key = config_hash(model_cache_path(scenario).name, "trajectory", config)
     path = (cache_dir() / "defenses"
             / f"trajectory-{scenario.attack.name}-{scenario.arch}-{key}.json")
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            warnings.warn(f"corrupt cached result {path} ignored; rerunning", stacklevel=2)
+    cached = load_json(path)
+    if cached is not None:
+        return cached
     rows: list[dict[str, Any]] = []
     _, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
                             (scenario.reserve_x, scenario.reserve_y), config,
@@ -348,11 +345,9 @@ def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,
         return run_upgp(scenario, config, use_cache=use_cache).result
     key = config_hash(model_cache_path(scenario).name, defense, config)
     path = cache_dir() / "defenses" / f"{defense}-{scenario.attack.name}-{scenario.arch}-{key}.json"
-    if use_cache and path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            warnings.warn(f"corrupt cached result {path} ignored; rerunning", stacklevel=2)
+    cached = load_json(path) if use_cache else None
+    if cached is not None:
+        return cached
     train_set = (scenario.train.x, scenario.train.y) if spec.needs_train_set else None
     start = time.perf_counter()
     model, report = defend(defense, scenario.model, (scenario.reserve_x, scenario.reserve_y),

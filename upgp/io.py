@@ -90,6 +90,19 @@ def load_tensors(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def load_json(path: Path) -> Any | None:
+    """Load what ``write_json`` wrote; None when missing. A corrupt file is reported, deleted and
+    treated as missing, like ``load_tensors``."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        warnings.warn(f"corrupt cache file {path} ({err}); rebuilding it", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     text = json.dumps(_jsonable(obj), indent=2, default=str)
