@@ -3,6 +3,7 @@ import json
 import pytest
 
 from upgp.cli import main
+from upgp.reproduce import cli_runs
 
 
 def test_train_writes_result(tmp_path, capsys):
@@ -55,3 +56,15 @@ def test_defend_with_a_baseline_and_sweep(tmp_path, capsys):
     assert main(["sweep", "--defenses", "ft", "fp", "--attacks", "blended", "--preset", "smoke",
                  "--out", str(table), "--quiet"]) == 0
     assert table.read_text().count("\n") == 3  # header + one row per defense
+
+
+def test_cli_results_collect_into_one_row(tmp_path):
+    common = ["--attack", "blended", "--preset", "smoke", "--epochs", "2", "--quiet"]
+    assert main(["train", *common, "--out", str(tmp_path / "train-blended-preact_resnet18.json")]) == 0
+    assert main(["defend", *common, "--set", "removal_max_steps=5",
+                 "--out", str(tmp_path / "upgp-blended-preact_resnet18.json")]) == 0
+    rows = cli_runs(tmp_path)
+    assert len(rows) == 1 and rows.loc[0, "attack"] == "blended" and rows.loc[0, "width"] == 8
+    assert {"ACC", "ASR", "UPGP ASR", "AUROC", "UPGP stop", "commit"} <= set(rows.columns)
+    assert "no-proj ASR" not in rows.columns  # that run is absent
+    assert cli_runs(tmp_path / "none").empty

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from upgp.experiments import removal_trajectory, run_upgp
+from upgp.experiments import clean_reference, removal_trajectory, run_upgp
 from upgp.method import (
     UPGPConfig,
     detect,
+    projected_unlearning,
     robust_z,
     subsample_reserve,
     unlearning_perturbation,
@@ -78,3 +79,27 @@ def test_detection_baselines_score_every_sample(smoke_scenario):
         assert 0 <= auroc(sc.train.is_poisoned, s) <= 1
     with pytest.raises(ValueError, match="unknown detector 'x'; choose one of: activation_clustering"):
         detector_scores("x", sc.model, sc.train.x, sc.train.y)
+
+
+@pytest.mark.parametrize("backtracks", [0, 2])
+def test_rejected_check_undoes_and_backtracks(smoke_scenario, backtracks):
+    sc = smoke_scenario
+    x_f, y_f = sc.train.x[sc.train.poison_idx], sc.train.y[sc.train.poison_idx]
+    x_h, y_h = sc.reserve_x[:100], sc.reserve_y[:100]
+    # any held-out loss is rejected, and a huge step size makes sure there is some
+    model, log = projected_unlearning(sc.model, x_f, y_f, sc.reserve_x, sc.reserve_y, x_h, y_h,
+                                      lr=1.0, max_steps=20, check_every=2, max_holdout_drop=-1.0,
+                                      max_backtracks=backtracks)
+    assert log.steps == 0 and log.backtracks == backtracks
+    assert log.final_lr == pytest.approx(1.0 / 2 ** backtracks)
+    assert log.stop_reason == "held-out reserve accuracy dropped"
+    assert 0 < log.mean_abs_cosine <= 1  # averaged over the undone steps too
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), sc.model.parameters()))
+
+
+def test_clean_reference_has_no_backdoor(smoke_scenario):
+    sc = smoke_scenario
+    clean = clean_reference(sc, progress=False)
+    assert set(clean) == {"acc", "asr", "ra"}
+    assert clean["asr"] < sc.metrics["asr"] - 50 and clean["ra"] > sc.metrics["ra"] + 50
+    assert clean_reference(sc, progress=False) == clean  # the clean model is cached

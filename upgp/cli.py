@@ -58,6 +58,9 @@ def _fmt(m: dict[str, float]) -> str:
 
 
 def _finish(result: dict[str, Any], out: Path | None) -> None:
+    from .plotting import commit
+
+    result["commit"] = commit()
     if out is not None:
         write_json(out, result)
         print(f"wrote {out}")

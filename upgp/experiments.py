@@ -134,18 +134,39 @@ def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tenso
     return model.to(default_device()).eval(), {**cached["info"], "cache_hit": hit}
 
 
-def clean_surrogate(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: str,
-                    num_classes: int, progress: bool = True) -> tuple[nn.Module, str, dict]:
-    """A model trained on clean data at the preset (for attacks that craft poisons against one).
+def clean_model(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: str,
+                num_classes: int, arch: str = SURROGATE_ARCH, progress: bool = True
+                ) -> tuple[nn.Module, str, dict]:
+    """A model of ``arch`` trained on clean data at the preset: the surrogate that some attacks
+    craft their poisons against (LC), and the backdoor-free reference of ``clean_reference``.
 
     Cached like the backdoored models; returns (model, cache name, training info).
     """
     training = {k: v for k, v in dataclasses.asdict(preset).items()
-                if k not in SURROGATE_UNUSED}  # so every poisoning ratio shares one surrogate
-    key = config_hash("clean-surrogate", SURROGATE_ARCH, training, seed, fingerprint)
-    path = cache_dir() / "models" / f"clean-{SURROGATE_ARCH}-{key}.pt"
-    model, info = cached_training(path, SURROGATE_ARCH, num_classes, x, y, preset, seed, progress)
+                if k not in SURROGATE_UNUSED}  # so every poisoning ratio shares one clean model
+    key = config_hash("clean-surrogate", arch, training, seed, fingerprint)
+    path = cache_dir() / "models" / f"clean-{arch}-{key}.pt"
+    model, info = cached_training(path, arch, num_classes, x, y, preset, seed, progress)
     return model, path.name, info
+
+
+def clean_reference(scenario: Scenario, data: str | Path | None = None,
+                    progress: bool = True) -> dict[str, float]:
+    """ACC / ASR / RA of a backdoor-free model: the scenario's architecture and preset trained on
+    the same (non-reserve) training images without poisoning.
+
+    Its RA, the accuracy of a model that never learnt the backdoor on the triggered test images,
+    is about the most a defense can restore: full-image triggers (Blended, SIG) cost accuracy by
+    themselves.
+    """
+    images, fingerprint = load_data_cached(scenario.preset, data, scenario.seed)
+    if fingerprint != scenario.info["data_fingerprint"]:
+        raise ValueError(f"data {images.source!r} is not the copy this scenario was built from "
+                         f"(fingerprint {fingerprint}, expected {scenario.info['data_fingerprint']})")
+    train_idx, _ = split_reserve(len(images.y_train), scenario.preset.reserve_ratio, scenario.seed)
+    model, _, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx], scenario.preset,
+                              scenario.seed, fingerprint, images.num_classes, scenario.arch, progress)
+    return scenario.evaluate(model)
 
 
 def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str,
@@ -185,9 +206,9 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     train_idx, reserve_idx = split_reserve(len(images.y_train), preset.reserve_ratio, seed)
     attack_info = {}
     if attack.needs_surrogate:
-        surrogate, name, info = clean_surrogate(images.x_train[train_idx],
-                                                images.y_train[train_idx], preset, seed,
-                                                fingerprint, images.num_classes, progress)
+        surrogate, name, info = clean_model(images.x_train[train_idx], images.y_train[train_idx],
+                                            preset, seed, fingerprint, images.num_classes,
+                                            progress=progress)
         attack.set_surrogate(surrogate, name)
         attack_info["surrogate"] = {"model": name, "train_seconds": info["train_seconds"],
                                     "cache_hit": info["cache_hit"]}

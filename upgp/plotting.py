@@ -54,7 +54,8 @@ CODE_PATHS = ("upgp", "notebooks", "pyproject.toml", "environment.yml")
 
 def commit() -> str:
     """Short git commit of the checkout, with ``+dirty`` if its code (``CODE_PATHS``) differs
-    from that commit, or 'unknown'. Outputs a run writes (book/, results/) do not count."""
+    from that commit. Outputs a run writes (book/, results/) do not count. Without git (a copy
+    of the tree on another machine): ``$UPGP_COMMIT`` if set, else 'unknown'."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, text=True,
                              capture_output=True, check=True).stdout.strip()
@@ -63,7 +64,7 @@ def commit() -> str:
                                capture_output=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("UPGP_COMMIT", "unknown")
 
 
 def provenance(run: dict[str, Any]) -> str:

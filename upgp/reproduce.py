@@ -59,6 +59,33 @@ def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
     return path
 
 
+def cli_runs(folder: Path) -> pd.DataFrame:
+    """One row per attack x arch from the JSON files of ``upgp train`` (``train-*.json``) and
+    ``upgp defend`` with and without projection (``upgp-*.json``, ``upgp-noproj-*.json``) in
+    ``folder``, as ``scripts/scale_run.sh`` writes them; empty if there are none."""
+    rows = []
+    for path in sorted(folder.glob("train-*.json")):
+        train = json.loads(path.read_text())
+        run, info = train["run"], train["training"]
+        row = {"attack": run["attack"], "arch": run["arch"], "preset": run["preset"],
+               "width": run["width"], "seed": run["seed"], "machine": info.get("machine", ""),
+               "train s": info["train_seconds"], "commit": train.get("commit", "not recorded"),
+               **{k.upper(): v for k, v in train["no_defense"].items()}}
+        for prefix, label in (("upgp", "UPGP"), ("upgp-noproj", "no-proj")):
+            other = folder / path.name.replace("train-", f"{prefix}-", 1)
+            if other.exists():
+                r = json.loads(other.read_text())
+                row.update({f"{label} {k.upper()}": v for k, v in r["after"].items()})
+                row[f"{label} steps"] = r["upgp"]["removal_steps"]
+                row[f"{label} stop"] = r["upgp"]["removal_stop"]
+                if label == "UPGP":
+                    row.update(AUROC=r["detection"]["auroc"], flagged=r["detection"]["flagged"],
+                               precision=r["detection"]["precision"],
+                               recall=r["detection"]["recall"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: Path,
             results: Path) -> float:
     """Run one notebook with papermill; returns its wall time in seconds."""

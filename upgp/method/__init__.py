@@ -69,6 +69,7 @@ class UPGPConfig(Settings):
     removal_max_steps: int = 300
     stop_flagged_accuracy: float = 0.1
     max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
+    removal_backtracks: int = 0  # on a rejected check: undo, halve the step size, go on (this often)
     check_every: int = 5
     subspace_k: int = 4
     gpm_energy: float = 0.97
@@ -106,6 +107,7 @@ class UPGPReport:
                 "reserve_accuracy_after_perturbation": self.perturbation_reserve_accuracy[-1],
                 **{f"detection_{k}": v for k, v in self.detection.summary().items()},
                 "removal_steps": self.removal.steps, "removal_stop": self.removal.stop_reason,
+                "removal_backtracks": self.removal.backtracks,
                 "mean_abs_cosine_gu_n": self.removal.mean_abs_cosine,
                 "seconds": self.seconds}
 
@@ -159,7 +161,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         model, x[idx], y[idx], x_fit, y_fit, x_hold, y_hold, config.projection,
         config.removal_loss, config.removal_lr, config.removal_batch, config.removal_max_steps,
         config.stop_flagged_accuracy, config.max_holdout_drop, config.check_every,
-        config.subspace_k, config.gpm_energy, config.seed, config.bf16, on_check)
+        config.subspace_k, config.gpm_energy, config.seed, config.bf16,
+        config.removal_backtracks, on_check)
     seconds["removal"] = time.perf_counter() - start
     report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection, removal,
                         seconds)

@@ -54,6 +54,8 @@ def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
 class RemovalLog:
     steps: int = 0  # steps kept (undone steps are not counted)
     stop_reason: str = ""
+    backtracks: int = 0  # rejected checks, each followed by a halved step size
+    final_lr: float = 0.0
     flagged_accuracy: list[float] = field(default_factory=list)
     holdout_accuracy: list[float] = field(default_factory=list)
     mean_abs_cosine: float = 0.0  # mean |cos(g_u, n)| before projection
@@ -78,14 +80,15 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                          lr: float = 2e-4, batch_size: int = 128, max_steps: int = 300,
                          stop_flagged_accuracy: float = 0.1, max_holdout_drop: float = 0.03,
                          check_every: int = 10, subspace_k: int = 4, gpm_energy: float = 0.97,
-                         seed: int = 0, bf16: bool = True,
+                         seed: int = 0, bf16: bool = True, max_backtracks: int = 0,
                          on_check: Callable[[int, nn.Module], None] | None = None
                          ) -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` with the flagged set unlearned, and the log of the loop.
 
-    Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, when the
-    held-out reserve accuracy has dropped by more than ``max_holdout_drop`` (the last step is then
-    undone), or after ``max_steps``. ``on_check(steps, model)`` is called at step 0 and at every
+    Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, or after
+    ``max_steps`` kept steps. A check at which the held-out reserve accuracy has dropped by more
+    than ``max_holdout_drop`` undoes the steps since the last accepted check; the loop then goes on
+    with half the step size (backtracking, at most ``max_backtracks`` times) or stops. ``on_check(steps, model)`` is called at step 0 and at every
     accepted check (for removal-budget plots; the loop never reads what it computes).
     """
     if projection not in PROJECTIONS:
@@ -103,7 +106,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
     if on_check is not None:
         on_check(0, model)
-    cos_sum = 0.0
+    cos_sum, cos_count = 0.0, 0
 
     def reserve_batches():
         while True:
@@ -126,7 +129,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                                                          None, bf16)))
             n = normals[0]
             cos = _cosine(g, n)
-            cos_sum += abs(cos)
+            cos_sum, cos_count = cos_sum + abs(cos), cos_count + 1
             if projection == "vector":
                 g = project_out(g, n)
             elif projection == "layer":
@@ -147,8 +150,12 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                     for p, s in zip(params, snapshot):
                         p.copy_(s)
                 log.steps = accepted
-                log.stop_reason = "held-out reserve accuracy dropped"
-                break
+                if log.backtracks == max_backtracks:
+                    log.stop_reason = "held-out reserve accuracy dropped"
+                    break
+                log.backtracks += 1
+                lr /= 2
+                continue
             snapshot, accepted = [p.detach().clone() for p in params], log.steps
             flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
             log.holdout_accuracy.append(holdout)
@@ -161,7 +168,8 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     else:
         log.stop_reason = "step budget"
     if projection != "none":
-        log.mean_abs_cosine = cos_sum / max(1, log.steps)
+        log.mean_abs_cosine = cos_sum / max(1, cos_count)  # over every step taken, undone or kept
+    log.final_lr = lr
     return model, log
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Train, defend with UPGP and defend without projection, one attack after another, while a time
+# budget allows (the next attack starts only if the last one's wall time still fits).
+# Usage: scripts/scale_run.sh PRESET ARCH OUTDIR BUDGET_SECONDS ATTACK [ATTACK ...]
+# Writes OUTDIR/{train,upgp,upgp-noproj}-ATTACK-ARCH.json (the CLI's --out) and OUTDIR/log.txt.
+# Used for the paper-preset runs on a GPU (results/paper/), where every model is trained anew.
+set -uo pipefail
+preset=$1 arch=$2 out=$3 budget=$4
+shift 4
+mkdir -p "$out"
+upgp() { python -m upgp.cli "$@"; }
+start=$SECONDS last=0
+for attack in "$@"; do
+  left=$((budget - (SECONDS - start)))
+  if [ "$last" -gt 0 ] && [ $((last * 11 / 10)) -gt "$left" ]; then
+    echo "skip $attack: the last attack took ${last} s, ${left} s left" | tee -a "$out/log.txt"
+    continue
+  fi
+  t0=$SECONDS
+  common=(--attack "$attack" --arch "$arch" --preset "$preset" --quiet)
+  upgp train "${common[@]}" --out "$out/train-$attack-$arch.json" 2>&1 | tee -a "$out/log.txt"
+  upgp defend "${common[@]}" --out "$out/upgp-$attack-$arch.json" 2>&1 | tee -a "$out/log.txt"
+  upgp defend "${common[@]}" --no-projection --out "$out/upgp-noproj-$attack-$arch.json" 2>&1 \
+    | tee -a "$out/log.txt"
+  last=$((SECONDS - t0))
+  echo "$attack: ${last} s" | tee -a "$out/log.txt"
+done
