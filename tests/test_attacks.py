@@ -1,9 +1,16 @@
 import pytest
 import torch
 
-from upgp.attacks import ATTACKS, create_attack, poison_dataset, triggered_test_set
+from upgp.attacks import (
+    ATTACKS,
+    create_attack,
+    per_batch_poisoning,
+    poison_dataset,
+    triggered_test_set,
+)
 from upgp.data import synthetic_data
 from upgp.models import create_model
+from upgp.train import fit, random_crop_flip
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +193,38 @@ def test_lc_surrogate_is_shared_across_poisoning_ratios():
                            poison_ratio=0.05, target=2)
     cost = first.info["attack_cost"]["surrogate"], other.info["attack_cost"]["surrogate"]
     assert cost[1]["cache_hit"] and cost[1]["model"] == cost[0]["model"]
+
+
+@pytest.mark.parametrize("name", ["wanet", "bpp"])
+def test_per_batch_poisoning_triggers_augmented_batches(name, data):
+    attack = create_attack(name, per_batch=True)
+    assert "per_batch" not in create_attack(name).params()  # keys of older models stay valid
+    assert attack.params()["per_batch"] is True
+    x, y = data.x_train, data.y_train
+    ps = poison_dataset(attack, x, y, 0.1, 0, seed=0)
+    assert torch.equal(ps.clean_x, x) and poison_dataset(create_attack(name), x, y, 0.1, 0,
+                                                         seed=0).clean_x is None
+    transform = per_batch_poisoning(attack, ps)
+    idx = torch.arange(0, len(y), 2)
+    batch = random_crop_flip(x[idx], torch.Generator().manual_seed(0))
+    out = transform(idx, batch, torch.Generator().manual_seed(1))
+    poison, cross = ps.is_poisoned[idx], torch.isin(idx, ps.cross_idx)
+    assert poison.any() and cross.any()
+    assert torch.equal(out[~poison & ~cross], batch[~poison & ~cross])  # the rest untouched
+    assert torch.equal(out[poison], attack.apply(batch[poison]))  # trigger after augmentation
+    again = transform(idx, batch, torch.Generator().manual_seed(2))
+    assert torch.equal(again[poison], out[poison]) and not torch.equal(again[cross], out[cross])
+
+
+def test_fit_applies_the_batch_transform_after_augmentation(data):
+    seen = []
+
+    def spy(idx, xb, generator):
+        seen.append((idx.clone(), xb.clone()))
+        return xb
+
+    model = create_model("preact_resnet18", 10, 4)
+    fit(model, data.x_train[:64], data.y_train[:64], epochs=1, batch_size=32, lr=0.01,
+        batch_transform=spy)
+    assert len(seen) == 2 and all(xb.dtype == torch.uint8 for _, xb in seen)
+    assert not torch.equal(seen[0][1], data.x_train[:64][seen[0][0]])  # cropped/flipped first

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import Attack, PoisonedSet, create_attack, poison_dataset, triggered_test_set
+from .attacks import (
+    Attack,
+    PoisonedSet,
+    create_attack,
+    per_batch_poisoning,
+    poison_dataset,
+    triggered_test_set,
+)
 from .data import ImageData, load_dataset, split_reserve
 from .defenses import defend, defense_config, get_defense
 from .io import cache_dir, config_hash, load_json, load_tensors, save_tensors, write_json
@@ -38,7 +45,7 @@ from .method import (
 from .metrics import auroc, backdoor_metrics, der, detection_metrics
 from .models import create_model
 from .presets import Preset, get_preset
-from .train import default_device, train
+from .train import BatchTransform, default_device, train
 
 _DATA_MEMO: dict[tuple, tuple[ImageData, str]] = {}
 
@@ -109,7 +116,8 @@ def machine() -> str:
 
 
 def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tensor,
-                    preset: Preset, seed: int, progress: bool = True
+                    preset: Preset, seed: int, progress: bool = True,
+                    batch_transform: BatchTransform | None = None
                     ) -> tuple[nn.Module, dict[str, Any]]:
     """A model of ``arch`` trained on (x, y) at the preset: loaded from ``path``, or trained and
     saved there. Returns the model (eval mode) and its training info (with ``cache_hit``).
@@ -124,7 +132,7 @@ def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tenso
     hit = cached is not None
     if not hit:
         start = time.perf_counter()
-        info = train(model, x, y, preset, seed, progress=progress)
+        info = train(model, x, y, preset, seed, progress=progress, batch_transform=batch_transform)
         info["wall_seconds"] = time.perf_counter() - start
         info["machine"] = machine()
         cached = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "info": info}
@@ -248,9 +256,13 @@ def backdoored_model(attack: str | Attack = "badnets", arch: str = "preact_resne
     """A scenario with its backdoored model: loaded from the cache, or trained and cached."""
     scenario = build_scenario(attack, arch, preset, seed, data, attack_params, progress,
                               **overrides)
+    train_set = scenario.train
+    per_batch = train_set.clean_x is not None  # WaNet/BPP with per_batch=True
     model, info = cached_training(model_cache_path(scenario), arch, scenario.num_classes,
-                                  scenario.train.x, scenario.train.y, scenario.preset, seed,
-                                  progress)
+                                  train_set.clean_x if per_batch else train_set.x, train_set.y,
+                                  scenario.preset, seed, progress,
+                                  per_batch_poisoning(scenario.attack, train_set) if per_batch
+                                  else None)
     scenario.info.update(info)
     if scenario.info["attack_cost"].get("trigger", {}).get("cache_hit") is False:
         scenario.info["cache_hit"] = False  # trained just now, with its trigger (IAD)

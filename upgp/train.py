@@ -80,6 +80,7 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
 
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+BatchTransform = Callable[[Tensor, Tensor, torch.Generator], Tensor]
 
 
 def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -91,13 +92,15 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr
         schedule: str = "onecycle", bf16: bool = True, seed: int = 0, momentum: float = 0.9,
         weight_decay: float = 5e-4, loss_fn: LossFn = cross_entropy_loss,
         after_step: Callable[[nn.Module], None] | None = None, augment: bool = True,
-        device: torch.device | None = None, progress: bool = False, desc: str = "train"
-        ) -> dict[str, float]:
+        device: torch.device | None = None, progress: bool = False, desc: str = "train",
+        batch_transform: BatchTransform | None = None) -> dict[str, float]:
     """Optimise ``loss_fn(model, batch, labels)`` over uint8 images ``x`` in place.
 
     The one training loop of the package: training from scratch (``train``) and every defense
     that fine-tunes (FT, FP, NAD, ABL) call it. ``after_step`` runs after each optimiser step
-    (e.g. to keep pruned weights at zero). Returns timing stats.
+    (e.g. to keep pruned weights at zero). ``batch_transform(idx, batch, generator)`` rewrites
+    each augmented uint8 batch (per-batch poisoning, ``upgp.attacks.per_batch_poisoning``).
+    Returns timing stats.
     """
     device = device or default_device()
     torch.manual_seed(seed)
@@ -114,9 +117,13 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr
     for _ in range(epochs):
         loss_sum.zero_()
         for idx in batches(len(x), batch_size, gen, drop_last=True):
+            if batch_transform is None:
+                xb = to_float(x_dev[idx.to(device)], device)
+                xb = random_crop_flip(xb, gen) if augment else xb
+            else:  # the trigger goes on after augmentation, as it would at test time
+                xb = random_crop_flip(x[idx], gen) if augment else x[idx]
+                xb = to_float(batch_transform(idx, xb, gen), device)
             idx = idx.to(device)
-            xb = to_float(x_dev[idx], device)
-            xb = random_crop_flip(xb, gen) if augment else xb
             with autocast(device, bf16):
                 loss = loss_fn(model, xb, y_dev[idx])
             opt.zero_grad(set_to_none=True)
@@ -137,11 +144,12 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, preset: Preset, seed: int,
-          device: torch.device | None = None, progress: bool = True) -> dict[str, float]:
+          device: torch.device | None = None, progress: bool = True,
+          batch_transform: BatchTransform | None = None) -> dict[str, float]:
     """Train ``model`` from its current weights on ``x, y`` with the preset's recipe."""
     return fit(model, x, y, preset.epochs, preset.batch_size, preset.lr, preset.schedule,
                preset.bf16, seed, preset.momentum, preset.weight_decay, device=device,
-               progress=progress)
+               progress=progress, batch_transform=batch_transform)
 
 
 @torch.no_grad()

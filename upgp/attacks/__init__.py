@@ -6,10 +6,11 @@ from .base import (
                    Attack,
                    PoisonedSet,
                    create_attack,
+                   per_batch_poisoning,
                    poison_dataset,
                    register_attack,
                    triggered_test_set,
 )
 
-__all__ = ["ATTACKS", "Attack", "PoisonedSet", "create_attack", "poison_dataset",
-           "register_attack", "triggered_test_set"]
+__all__ = ["ATTACKS", "Attack", "PoisonedSet", "create_attack", "per_batch_poisoning",
+           "poison_dataset", "register_attack", "triggered_test_set"]

@@ -69,6 +69,7 @@ class Attack:
     label_mode = "all2one"
     needs_surrogate = False  # LC: poisons are crafted against a clean model (``set_surrogate``)
     learned = False  # IAD: the trigger is trained with the classifier (``train_with``)
+    per_batch = False  # WaNet/BPP option: trigger each augmented batch (``per_batch_poisoning``)
 
     def apply(self, x: Tensor) -> Tensor:
         """Stamp the trigger on uint8 images; returns a new uint8 tensor."""
@@ -99,6 +100,8 @@ class PoisonedSet:
 
     ``poison_idx``: samples carrying the trigger (with the target label, except clean-label
     attacks); ``cross_idx``: noise-mode samples (transformed, label kept, not backdoor samples).
+    ``clean_x``: the images before poisoning, kept for attacks that poison per batch (the model
+    trains on them through ``per_batch_poisoning``; ``x`` is still what the defender holds).
     """
 
     x: Tensor
@@ -106,6 +109,7 @@ class PoisonedSet:
     poison_idx: Tensor
     cross_idx: Tensor
     target: int
+    clean_x: Tensor | None = None
 
     @property
     def is_poisoned(self) -> Tensor:
@@ -150,7 +154,34 @@ def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: i
         rest = rest[torch.randperm(len(rest), generator=gen)]
         cross_idx = rest[: min(round(attack.cross_ratio * n_poison), len(rest))].sort().values
         x_out[cross_idx] = attack.cross(x[cross_idx], gen)
-    return PoisonedSet(x_out, y_out, poison_idx, cross_idx, target)
+    return PoisonedSet(x_out, y_out, poison_idx, cross_idx, target,
+                       x if attack.per_batch else None)
+
+
+def per_batch_poisoning(attack: Attack, poisoned: PoisonedSet
+                        ) -> Callable[[Tensor, Tensor, torch.Generator], Tensor]:
+    """The batch transform of ``upgp.train.fit`` for training-controllable attacks, as
+    BackdoorBench trains WaNet and BPP: the model sees ``clean_x``, and in every augmented batch
+    the poisons get the trigger and the noise-mode samples a fresh ``cross`` transform.
+
+    With augmentation (random crop, flip) before the trigger, the trigger the model learns is the
+    one it is tested with; stamped once before augmentation, a warp or dither pattern is shifted
+    and mirrored from epoch to epoch.
+    """
+    is_poison = poisoned.is_poisoned
+    is_cross = torch.zeros(len(poisoned.y), dtype=torch.bool)
+    is_cross[poisoned.cross_idx] = True
+
+    def transform(idx: Tensor, xb: Tensor, generator: torch.Generator) -> Tensor:
+        out = xb.clone()
+        p, c = is_poison[idx], is_cross[idx]
+        if p.any():
+            out[p] = attack.poison(xb[p], poisoned.y[idx][p])
+        if c.any():
+            out[c] = attack.cross(xb[c], generator)
+        return out
+
+    return transform
 
 
 def triggered_test_set(attack: Attack, x: Tensor, y: Tensor, target: int, num_classes: int = 10

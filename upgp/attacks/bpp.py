@@ -20,10 +20,12 @@ from .base import Attack, register_attack, to_uint8
 @register_attack("bpp")
 class BPP(Attack):
     def __init__(self, squeeze_num: int = 8, dithering: bool = True,
-                 cross_ratio: float = 2.0) -> None:
+                 cross_ratio: float = 2.0, per_batch: bool = False) -> None:
         self.squeeze_num = squeeze_num
         self.dithering = dithering
         self.cross_ratio = cross_ratio
+        if per_batch:  # an instance field only when set: keys of models made before it stay valid
+            self.per_batch = True
 
     def _quantise(self, v: Tensor) -> Tensor:
         levels = self.squeeze_num - 1

@@ -19,12 +19,14 @@ from .base import Attack, register_attack, to_uint8
 @register_attack("wanet")
 class WaNet(Attack):
     def __init__(self, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,
-                 cross_ratio: float = 2.0, grid_seed: int = 0) -> None:
+                 cross_ratio: float = 2.0, grid_seed: int = 0, per_batch: bool = False) -> None:
         self.k = k
         self.s = s
         self.grid_rescale = grid_rescale
         self.cross_ratio = cross_ratio
         self.grid_seed = grid_seed
+        if per_batch:  # an instance field only when set: keys of models made before it stay valid
+            self.per_batch = True
 
     def grid(self, size: int) -> Tensor:
         """The trigger's sampling grid, shape (1, size, size, 2), values in [-1, 1]."""

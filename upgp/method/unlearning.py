@@ -88,8 +88,9 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, or after
     ``max_steps`` kept steps. A check at which the held-out reserve accuracy has dropped by more
     than ``max_holdout_drop`` undoes the steps since the last accepted check; the loop then goes on
-    with half the step size (backtracking, at most ``max_backtracks`` times) or stops. ``on_check(steps, model)`` is called at step 0 and at every
-    accepted check (for removal-budget plots; the loop never reads what it computes).
+    with half the step size (backtracking, at most ``max_backtracks`` times) or stops.
+    ``on_check(steps, model)`` is called at step 0 and at every accepted check (for
+    removal-budget plots; the loop never reads what it computes).
     """
     if projection not in PROJECTIONS:
         raise ValueError(f"unknown projection {projection!r}; choose one of: {', '.join(PROJECTIONS)}")
