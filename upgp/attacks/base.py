@@ -160,13 +160,16 @@ def poison_dataset(attack: Attack, x: Tensor, y: Tensor, ratio: float, target: i
 
 def per_batch_poisoning(attack: Attack, poisoned: PoisonedSet
                         ) -> Callable[[Tensor, Tensor, torch.Generator], Tensor]:
-    """The batch transform of ``upgp.train.fit`` for training-controllable attacks, as
-    BackdoorBench trains WaNet and BPP: the model sees ``clean_x``, and in every augmented batch
-    the poisons get the trigger and the noise-mode samples a fresh ``cross`` transform.
+    """The batch transform of ``upgp.train.fit`` for training-controllable attacks (WaNet, BPP):
+    the model sees ``clean_x``, and in every augmented batch the poisons get the trigger and the
+    noise-mode samples a fresh ``cross`` transform.
 
-    With augmentation (random crop, flip) before the trigger, the trigger the model learns is the
-    one it is tested with; stamped once before augmentation, a warp or dither pattern is shifted
-    and mirrored from epoch to epoch.
+    Closer to how BackdoorBench trains these attacks (trigger and noise made anew for each batch)
+    than a poisoned set made once, with two differences: there the poisoned images are redrawn
+    in each batch and augmentation is applied both before and after the warp; here the poison
+    indices stay fixed (so detection can be scored against them) and the trigger follows the
+    augmentation, so the model learns exactly the trigger it is tested with. Stamped once before
+    augmentation, a warp or dither pattern is shifted and mirrored from epoch to epoch.
     """
     is_poison = poisoned.is_poisoned
     is_cross = torch.zeros(len(poisoned.y), dtype=torch.bool)
