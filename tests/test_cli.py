@@ -66,5 +66,6 @@ def test_cli_results_collect_into_one_row(tmp_path):
     rows = cli_runs(tmp_path)
     assert len(rows) == 1 and rows.loc[0, "attack"] == "blended" and rows.loc[0, "width"] == 8
     assert {"ACC", "ASR", "UPGP ASR", "AUROC", "UPGP stop", "commit"} <= set(rows.columns)
+    assert rows.loc[0, "attack params"] == "default" and rows.loc[0, "poison ratio"] == 0.1
     assert "no-proj ASR" not in rows.columns  # that run is absent
     assert cli_runs(tmp_path / "none").empty

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from .attacks import create_attack
 from .io import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,12 @@ def cli_runs(folder: Path) -> pd.DataFrame:
     for path in sorted(folder.glob("train-*.json")):
         train = json.loads(path.read_text())
         run, info = train["run"], train["training"]
+        defaults = create_attack(run["attack"]).params()
+        changed = {k: v for k, v in run["attack_params"].items() if defaults.get(k) != v}
         row = {"attack": run["attack"], "arch": run["arch"], "preset": run["preset"],
-               "width": run["width"], "seed": run["seed"], "machine": info.get("machine", ""),
+               "width": run["width"], "seed": run["seed"], "poison ratio": run["poison_ratio"],
+               "attack params": ", ".join(f"{k}={v}" for k, v in changed.items()) or "default",
+               "machine": info.get("machine", ""),
                "train s": info["train_seconds"], "commit": train.get("commit", "not recorded"),
                **{k.upper(): v for k, v in train["no_defense"].items()}}
         for prefix, label in (("upgp", "UPGP"), ("upgp-noproj", "no-proj")):
