@@ -113,8 +113,15 @@ class PoisonedSet:
 
     @property
     def is_poisoned(self) -> Tensor:
+        return self._mask(self.poison_idx)
+
+    @property
+    def is_cross(self) -> Tensor:
+        return self._mask(self.cross_idx)
+
+    def _mask(self, idx: Tensor) -> Tensor:
         mask = torch.zeros(len(self.y), dtype=torch.bool)
-        mask[self.poison_idx] = True
+        mask[idx] = True
         return mask
 
 
@@ -171,9 +178,7 @@ def per_batch_poisoning(attack: Attack, poisoned: PoisonedSet
     augmentation, so the model learns exactly the trigger it is tested with. Stamped once before
     augmentation, a warp or dither pattern is shifted and mirrored from epoch to epoch.
     """
-    is_poison = poisoned.is_poisoned
-    is_cross = torch.zeros(len(poisoned.y), dtype=torch.bool)
-    is_cross[poisoned.cross_idx] = True
+    is_poison, is_cross = poisoned.is_poisoned, poisoned.is_cross
 
     def transform(idx: Tensor, xb: Tensor, generator: torch.Generator) -> Tensor:
         out = xb.clone()
