@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -103,3 +105,82 @@ def test_clean_reference_has_no_backdoor(smoke_scenario):
     assert set(clean) == {"acc", "asr", "ra"}
     assert clean["asr"] < sc.metrics["asr"] - 50 and clean["ra"] > sc.metrics["ra"] + 50
     assert clean_reference(sc, progress=False) == clean  # the clean model is cached
+
+
+def test_projected_repair_leaves_the_flagged_loss_and_keeps_the_best_check(smoke_scenario):
+    from upgp.method import projected_repair
+    from upgp.method.unlearning import _batch_loss
+    from upgp.train import accuracy
+
+    sc = smoke_scenario
+    start = sc.model
+    x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
+
+    def flagged_loss(m):
+        with torch.no_grad():
+            return _batch_loss(m, x_f, y_f, None, bf16=False).item()
+
+    moved = {}
+    for project in (True, False):  # one batch holds all of B, so g_B is exact
+        model, log = projected_repair(start, sc.reserve_x, sc.reserve_y, sc.reserve_x,
+                                      sc.reserve_y, x_f, y_f, project=project, lr=0.003,
+                                      max_steps=4, check_every=4, max_flagged_rise=1.0,
+                                      bf16=False)
+        assert log.stop_reason == "step budget" and log.steps == 4
+        holdout = accuracy(model, sc.reserve_x, sc.reserve_y, bf16=False)
+        assert holdout == max(log.holdout_accuracy)  # the best check is returned
+        moved[project] = abs(flagged_loss(model) - flagged_loss(start))
+        assert (log.mean_abs_cosine > 0) == project
+    assert moved[True] <= 0.05 * moved[False], moved
+
+
+def test_repair_stops_when_the_flagged_set_is_relearned(smoke_scenario):
+    from upgp.method import projected_repair
+
+    sc = smoke_scenario
+    start = sc.model
+    x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
+    model, log = projected_repair(start, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y,
+                                  x_f, y_f, lr=0.01, max_steps=6, check_every=2,
+                                  max_flagged_rise=-1.0)  # every check counts as relearning
+    assert log.stop_reason == "flagged set relearned" and log.steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters()))
+
+
+def test_repair_fields_keep_old_cache_keys_until_set():
+    from upgp.io import config_hash
+
+    base = UPGPConfig()
+    assert config_hash(base) != config_hash(base.replace(repair_steps=10))
+    assert config_hash(base) != config_hash(base.replace(repair_lr=0.01))
+    fields = dataclasses.asdict(base)
+    old = {k: v for k, v in fields.items() if k not in UPGPConfig.HASHED_ONLY_WHEN_SET}
+    assert config_hash(base) == config_hash(old)  # what the key was before the fields existed
+
+
+def test_upgp_with_repair_rounds_reports_them(smoke_scenario):
+    config = UPGPConfig(repair_steps=10, removal_rounds=3)
+    result = run_upgp(smoke_scenario, config, use_cache=False).result
+    summary = result["upgp"]
+    assert summary["repair_stop"] in ("step budget", "flagged set relearned")
+    assert "repair" in summary["seconds"] and 1 <= summary["rounds"] <= 3
+    assert 0 <= summary["repair_steps"] <= 10 * summary["rounds"]
+    assert summary["removal_steps"] <= config.removal_max_steps
+    assert result["after"]["asr"] < result["before"]["asr"] - 50, result
+    with pytest.raises(ValueError, match="removal_rounds 0 / repair_steps 10: need"):
+        run_upgp(smoke_scenario, config.replace(removal_rounds=0), use_cache=False)
+
+
+def test_merge_logs_adds_steps_and_weights_the_cosine():
+    from upgp.method.unlearning import RemovalLog, merge_logs
+
+    a = RemovalLog(steps=10, stop_reason="held-out reserve accuracy dropped", backtracks=1,
+                   holdout_accuracy=[0.8, 0.79], mean_abs_cosine=0.2, steps_taken=15)
+    b = RemovalLog(steps=5, stop_reason="flagged set unlearned", final_lr=1e-4,
+                   holdout_accuracy=[0.8], mean_abs_cosine=0.5, steps_taken=5)
+    m = merge_logs([a, b])
+    assert (m.steps, m.backtracks, m.steps_taken, m.stop_reason) == (15, 1, 20,
+                                                                      "flagged set unlearned")
+    assert m.holdout_accuracy == [0.8, 0.79, 0.8] and m.final_lr == 1e-4
+    assert m.mean_abs_cosine == pytest.approx((0.2 * 15 + 0.5 * 5) / 20)
+    assert merge_logs([]).stop_reason == "not run"

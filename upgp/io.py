@@ -37,7 +37,11 @@ def cache_dir() -> Path:
 
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+        fields = dataclasses.asdict(obj)
+        for f in dataclasses.fields(obj):  # fields added later: hashed only when set (old keys hold)
+            if f.name in getattr(obj, "HASHED_ONLY_WHEN_SET", ()) and fields[f.name] == f.default:
+                del fields[f.name]
+        return _jsonable(fields)
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):

@@ -62,6 +62,13 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
         yield order[start:start + batch_size]
 
 
+def endless_batches(n: int, batch_size: int, generator: torch.Generator,
+                    drop_last: bool = False) -> Iterator[Tensor]:
+    """``batches`` epoch after epoch, reshuffled each time (for loops counted in steps)."""
+    while True:
+        yield from batches(n, batch_size, generator, drop_last)
+
+
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
                    schedule: str, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

@@ -5,7 +5,10 @@
 2. per-sample sensitivity scores on the training set (``sensitivity.py``);
 3. detection of insensitive samples (``detection.py``);
 4. unlearning of the flagged set from theta_0 along projected gradients (``unlearning.py``,
-   ``projection.py``).
+   ``projection.py``);
+5. optionally, repair on the reserve along gradients projected off the flagged set's
+   (``repair.py``; off by default, ``repair_steps`` > 0 turns it on), and further rounds of
+   removal + repair while the held-out budget is what stops removal (``removal_rounds``).
 The paper's exact score, thresholds and hyperparameters are not public: every choice is a field
 of ``UPGPConfig``.
 """
@@ -15,12 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..presets import Settings
+from ..train import accuracy
 from .detection import Detection, detect, robust_z
 from .perturbation import Perturbation, unlearning_perturbation
 from .projection import (
@@ -31,6 +35,7 @@ from .projection import (
     project_out_per_layer,
     project_out_subspace,
 )
+from .repair import projected_repair
 from .sensitivity import (
     first_order_loss_change,
     flat_delta,
@@ -41,7 +46,7 @@ from .sensitivity import (
     per_sample_outputs,
     sensitivity_scores,
 )
-from .unlearning import RemovalLog, projected_unlearning
+from .unlearning import RemovalLog, merge_logs, projected_unlearning
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,20 @@ class UPGPConfig(Settings):
     check_every: int = 5
     subspace_k: int = 4
     gpm_energy: float = 0.97
+    # 5. repair (optional): fine-tune on the reserve along g_N projected off g_B (repair.py)
+    repair_steps: int = 0  # per round; 0: the four steps of the paper only
+    repair_lr: float = 0.003
+    repair_project: bool = True  # False: plain fine-tuning, same stopping rule
+    repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
+    removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
     # the reserve is split: one part makes gradients, the held-out part judges stopping
     holdout_ratio: float = 0.5
     seed: int = 0
     bf16: bool = True
+
+    # added after results were cached: hashed only when set, so cache keys made before hold
+    HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
+        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds")
 
 
 def split_holdout(x: Tensor, y: Tensor, ratio: float, seed: int
@@ -99,7 +114,9 @@ class UPGPReport:
     perturbation_reserve_accuracy: list[float]
     scores: Tensor
     detection: Detection
-    removal: RemovalLog
+    removal: RemovalLog  # all rounds together
+    repair: RemovalLog
+    rounds: int
     seconds: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
@@ -109,6 +126,9 @@ class UPGPReport:
                 "removal_steps": self.removal.steps, "removal_stop": self.removal.stop_reason,
                 "removal_backtracks": self.removal.backtracks,
                 "mean_abs_cosine_gu_n": self.removal.mean_abs_cosine,
+                **({"repair_steps": self.repair.steps, "repair_stop": self.repair.stop_reason,
+                    "mean_abs_cosine_gn_gb": self.repair.mean_abs_cosine, "rounds": self.rounds}
+                   if self.config.repair_steps else {}),
                 "seconds": self.seconds}
 
 
@@ -131,9 +151,13 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     """Detect backdoor samples in ``train_set`` by unlearning sensitivity, then unlearn them.
 
     ``flagged`` replaces step 3 with a given set (the random and oracle ablations);
-    ``on_check`` is handed to the removal loop (see ``projected_unlearning``).
+    ``on_check`` is handed to the removal loop (see ``projected_unlearning``; with several
+    rounds, each counts its steps from 0).
     The input model is not modified.
     """
+    if config.removal_rounds < 1 or config.repair_steps < 0:
+        raise ValueError(f"removal_rounds {config.removal_rounds} / repair_steps "
+                         f"{config.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
     x, y = train_set
     x_fit, y_fit, x_hold, y_hold = split_holdout(*reserve, config.holdout_ratio, config.seed)
     seconds: dict[str, float] = {}
@@ -155,17 +179,37 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         detection = Detection(flagged, detection.suspicion, "given", float("nan"))
     seconds["detection"] = time.perf_counter() - start
 
-    start = time.perf_counter()
     idx = detection.flagged
-    cleaned, removal = projected_unlearning(
-        model, x[idx], y[idx], x_fit, y_fit, x_hold, y_hold, config.projection,
-        config.removal_loss, config.removal_lr, config.removal_batch, config.removal_max_steps,
-        config.stop_flagged_accuracy, config.max_holdout_drop, config.check_every,
-        config.subspace_k, config.gpm_energy, config.seed, config.bf16,
-        config.removal_backtracks, on_check)
-    seconds["removal"] = time.perf_counter() - start
-    report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection, removal,
-                        seconds)
+    cleaned, removals, repairs = model, [], []
+    seconds["removal"] = seconds["repair"] = 0.0
+    base_holdout = accuracy(model, x_hold, y_hold, bf16=config.bf16)
+    for rnd in range(config.removal_rounds):
+        start = time.perf_counter()
+        cleaned, removal = projected_unlearning(
+            cleaned, x[idx], y[idx], x_fit, y_fit, x_hold, y_hold, config.projection,
+            config.removal_loss, config.removal_lr, config.removal_batch,
+            config.removal_max_steps - sum(r.steps for r in removals),
+            config.stop_flagged_accuracy, config.max_holdout_drop, config.check_every,
+            config.subspace_k, config.gpm_energy, config.seed + rnd, config.bf16,
+            config.removal_backtracks, on_check, base_holdout)
+        removals.append(removal)
+        seconds["removal"] += time.perf_counter() - start
+        if not config.repair_steps:
+            break
+        start = time.perf_counter()
+        cleaned, repair = projected_repair(
+            cleaned, x_fit, y_fit, x_hold, y_hold, x[idx], y[idx], config.repair_project,
+            config.repair_lr, config.removal_batch, config.repair_steps, config.check_every,
+            config.repair_max_flagged_rise, config.seed + rnd, config.bf16)
+        repairs.append(repair)
+        seconds["repair"] += time.perf_counter() - start
+        # another round only where the held-out budget stopped removal and repair won some back
+        if removal.stop_reason != "held-out reserve accuracy dropped" or repair.steps == 0:
+            break
+    if not config.repair_steps:
+        del seconds["repair"]
+    report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection,
+                        merge_logs(removals), merge_logs(repairs), len(removals), seconds)
     return cleaned, report
 
 
@@ -173,5 +217,6 @@ __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport"
            "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products",
            "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
            "per_sample_outputs", "project_gpm", "project_out", "project_out_per_layer",
-           "project_out_subspace", "projected_unlearning", "robust_z", "sensitivity_scores",
-           "split_holdout", "subsample_reserve", "unlearning_perturbation", "upgp_defend"]
+           "project_out_subspace", "projected_repair", "projected_unlearning", "robust_z",
+           "sensitivity_scores", "split_holdout", "subsample_reserve", "unlearning_perturbation",
+           "upgp_defend"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train import accuracy, autocast, batches, to_float
+from ..train import accuracy, autocast, endless_batches, to_float
 from .projection import (
     PROJECTIONS,
     _dot,
@@ -59,6 +59,23 @@ class RemovalLog:
     flagged_accuracy: list[float] = field(default_factory=list)
     holdout_accuracy: list[float] = field(default_factory=list)
     mean_abs_cosine: float = 0.0  # mean |cos(g_u, n)| before projection
+    steps_taken: int = 0  # every step computed, undone or kept
+
+
+def merge_logs(logs: list[RemovalLog]) -> RemovalLog:
+    """One log for several runs of a loop (rounds): steps and backtracks add up, the accuracy
+    curves follow each other, the stop reason and step size are the last run's, and the mean
+    |cos| is weighted by the steps each run took."""
+    if not logs:
+        return RemovalLog(stop_reason="not run")
+    taken = sum(log.steps_taken for log in logs)
+    return RemovalLog(
+        steps=sum(log.steps for log in logs), stop_reason=logs[-1].stop_reason,
+        backtracks=sum(log.backtracks for log in logs), final_lr=logs[-1].final_lr,
+        flagged_accuracy=[a for log in logs for a in log.flagged_accuracy],
+        holdout_accuracy=[a for log in logs for a in log.holdout_accuracy],
+        mean_abs_cosine=sum(log.mean_abs_cosine * log.steps_taken for log in logs) / max(1, taken),
+        steps_taken=taken)
 
 
 def _grads(model: nn.Module, loss: Tensor) -> list[Tensor]:
@@ -81,14 +98,15 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
                          stop_flagged_accuracy: float = 0.1, max_holdout_drop: float = 0.03,
                          check_every: int = 10, subspace_k: int = 4, gpm_energy: float = 0.97,
                          seed: int = 0, bf16: bool = True, max_backtracks: int = 0,
-                         on_check: Callable[[int, nn.Module], None] | None = None
-                         ) -> tuple[nn.Module, RemovalLog]:
+                         on_check: Callable[[int, nn.Module], None] | None = None,
+                         base_holdout: float | None = None) -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` with the flagged set unlearned, and the log of the loop.
 
     Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, or after
     ``max_steps`` kept steps. A check at which the held-out reserve accuracy has dropped by more
-    than ``max_holdout_drop`` undoes the steps since the last accepted check; the loop then goes on
-    with half the step size (backtracking, at most ``max_backtracks`` times) or stops.
+    than ``max_holdout_drop`` (from ``base_holdout``, default the input model's held-out accuracy)
+    undoes the steps since the last accepted check; the loop then goes on with half the step size
+    (backtracking, at most ``max_backtracks`` times) or stops.
     ``on_check(steps, model)`` is called at step 0 and at every accepted check (for
     removal-budget plots; the loop never reads what it computes).
     """
@@ -102,22 +120,16 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     bases = gpm_bases(model, x_reserve, gpm_energy, seed=seed) if projection == "gpm" else None
     gen = torch.Generator().manual_seed(seed)
     log = RemovalLog()
-    base_holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
-    log.holdout_accuracy.append(base_holdout)
+    holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+    base_holdout = holdout if base_holdout is None else base_holdout
+    log.holdout_accuracy.append(holdout)
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
     if on_check is not None:
         on_check(0, model)
     cos_sum, cos_count = 0.0, 0
 
-    def reserve_batches():
-        while True:
-            yield from batches(len(x_reserve), batch_size, gen, drop_last=True)
-
-    def flagged_batches():
-        while True:
-            yield from batches(len(x_flagged), batch_size, gen)
-
-    normal_iter, flagged_iter = reserve_batches(), flagged_batches()
+    normal_iter = endless_batches(len(x_reserve), batch_size, gen, drop_last=True)
+    flagged_iter = endless_batches(len(x_flagged), batch_size, gen)
     snapshot, accepted = [p.detach().clone() for p in params], 0
     while log.steps < max_steps:
         idx = next(flagged_iter)
@@ -144,6 +156,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
             for p, gi in zip(params, g):
                 p.sub_(lr * gi)
         log.steps += 1
+        log.steps_taken += 1
         if log.steps % check_every == 0 or log.steps == max_steps:
             holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
             if base_holdout - holdout > max_holdout_drop:

@@ -1,0 +1,87 @@
+"""Optional step 5 of UPGP: repair clean accuracy on the reserve without relearning the backdoor.
+
+method.md allows a brief fine-tune on N after removal, and warns (issue 3's first trial) that
+plain fine-tuning brings the backdoor back. Here the projection of step 4 is turned around: the
+reserve gradient g_N is projected onto the null space of the flagged set's gradient g_B,
+
+    g_repair = g_N - (<g_N, g_B> / ||g_B||^2) g_B,
+
+so that, to first order, a repair step leaves the loss of the flagged samples on their (poisoned)
+labels where removal put it. Stopping looks only at what a defender has: if the flagged set's
+accuracy on its labels climbs back above its post-removal level by more than a margin, the loop
+stops; of the checks before that, the one with the best held-out reserve accuracy is returned
+(the latest on ties; step 0, the unrepaired model, included).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from ..train import accuracy, endless_batches, random_crop_flip
+from .projection import project_out
+from .unlearning import RemovalLog, _batch_loss, _cosine, _grads
+
+
+def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
+                     y_holdout: Tensor, x_flagged: Tensor, y_flagged: Tensor,
+                     project: bool = True, lr: float = 0.003, batch_size: int = 128,
+                     max_steps: int = 60, check_every: int = 10,
+                     max_flagged_rise: float = 0.05, seed: int = 0, bf16: bool = True
+                     ) -> tuple[nn.Module, RemovalLog]:
+    """Return a copy of ``model`` fine-tuned on the reserve (random crop + flip, plain SGD, BN in
+    eval mode) along g_N projected off g_B (``project=False``: plain fine-tuning), and its log.
+
+    ``steps`` in the log is the step of the returned check; ``mean_abs_cosine`` is the mean
+    |cos(g_N, g_B)| before projection, the share of each repair step that would move B's loss.
+    """
+    model = copy.deepcopy(model).eval()
+    log = RemovalLog()
+    if len(x_flagged) == 0:
+        log.stop_reason = "nothing flagged"
+        return model, log
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    reserve_iter = endless_batches(len(x_reserve), batch_size, gen, drop_last=True)
+    flagged_iter = endless_batches(len(x_flagged), batch_size, gen)
+    flagged_start = accuracy(model, x_flagged, y_flagged, bf16=bf16)
+    best_holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+    log.flagged_accuracy.append(flagged_start)
+    log.holdout_accuracy.append(best_holdout)
+    best = [p.detach().clone() for p in params]
+    cos_sum, cos_count = 0.0, 0
+    step = 0
+    while step < max_steps:
+        idx = next(reserve_iter)
+        g = _grads(model, _batch_loss(model, random_crop_flip(x_reserve[idx], gen),
+                                      y_reserve[idx], None, bf16))
+        if project:
+            jdx = next(flagged_iter)
+            g_b = _grads(model, _batch_loss(model, x_flagged[jdx], y_flagged[jdx], None, bf16))
+            cos_sum, cos_count = cos_sum + abs(_cosine(g, g_b)), cos_count + 1
+            g = project_out(g, g_b)
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.sub_(lr * gi)
+        step += 1
+        log.steps_taken = step
+        if step % check_every == 0 or step == max_steps:
+            flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
+            if flagged - flagged_start > max_flagged_rise:
+                log.stop_reason = "flagged set relearned"
+                break
+            holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+            log.flagged_accuracy.append(flagged)
+            log.holdout_accuracy.append(holdout)
+            if holdout >= best_holdout:  # ties: the more repaired model
+                best, best_holdout, log.steps = [p.detach().clone() for p in params], holdout, step
+    else:
+        log.stop_reason = "step budget"
+    with torch.no_grad():
+        for p, b in zip(params, best):
+            p.copy_(b)
+    log.mean_abs_cosine = cos_sum / max(1, cos_count)
+    log.final_lr = lr
+    return model, log
