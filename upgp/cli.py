@@ -122,6 +122,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
         if args.defense != "upgp":
             raise ValueError(f"--no-projection applies to upgp only, not {args.defense!r}")
         settings["projection"] = "none"
+        if settings.get("repair_steps"):  # no projection in the repair either
+            settings["repair_project"] = False
     sc = _load(args)
     config = defense_config(args.defense, sc.preset, args.seed, **settings)
     r = run_defense(sc, args.defense, config)
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scenario_args(p_def)
     p_def.add_argument("--defense", default="upgp", help=f"one of: {', '.join(sorted(DEFENSES))}")
     p_def.add_argument("--no-projection", action="store_true",
-                       help="unlearn without the null-space projection (ablation)")
+                       help="unlearn (and repair) without the null-space projection (ablation)")
     p_def.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set projection=layer")
     p_def.set_defaults(func=cmd_defend)
