@@ -166,6 +166,7 @@ def test_upgp_with_repair_rounds_reports_them(smoke_scenario):
     assert "repair" in summary["seconds"] and 1 <= summary["rounds"] <= 3
     assert 0 <= summary["repair_steps"] <= 10 * summary["rounds"]
     assert summary["removal_steps"] <= config.removal_max_steps
+    assert 0 <= summary["flagged_accuracy_after"] <= 1
     assert result["after"]["asr"] < result["before"]["asr"] - 50, result
     with pytest.raises(ValueError, match="removal_rounds 0 / repair_steps 10: need"):
         run_upgp(smoke_scenario, config.replace(removal_rounds=0), use_cache=False)
