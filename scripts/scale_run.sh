@@ -4,11 +4,15 @@
 # Usage: scripts/scale_run.sh PRESET ARCH OUTDIR BUDGET_SECONDS ATTACK [ATTACK ...]
 # Writes OUTDIR/{train,upgp,upgp-noproj}-ATTACK-ARCH.json (the CLI's --out) and OUTDIR/log.txt.
 # Used for the paper-preset runs on a GPU (results/paper/), where every model is trained anew.
+# UPGP_SET="k=v k=v" passes --set k=v to both defend runs (e.g. removal_backtracks=4 or
+# "repair_steps=60 removal_rounds=3"); with it, the defend files get a "-set" suffix.
 set -uo pipefail
 preset=$1 arch=$2 out=$3 budget=$4
 shift 4
 mkdir -p "$out"
 upgp() { python -m upgp.cli "$@"; }
+sets=() suffix=""
+for kv in ${UPGP_SET:-}; do sets+=(--set "$kv"); suffix="-set"; done
 start=$SECONDS last=0
 for attack in "$@"; do
   left=$((budget - (SECONDS - start)))
@@ -19,9 +23,10 @@ for attack in "$@"; do
   t0=$SECONDS
   common=(--attack "$attack" --arch "$arch" --preset "$preset" --quiet)
   upgp train "${common[@]}" --out "$out/train-$attack-$arch.json" 2>&1 | tee -a "$out/log.txt"
-  upgp defend "${common[@]}" --out "$out/upgp-$attack-$arch.json" 2>&1 | tee -a "$out/log.txt"
-  upgp defend "${common[@]}" --no-projection --out "$out/upgp-noproj-$attack-$arch.json" 2>&1 \
+  upgp defend "${common[@]}" "${sets[@]}" --out "$out/upgp$suffix-$attack-$arch.json" 2>&1 \
     | tee -a "$out/log.txt"
+  upgp defend "${common[@]}" "${sets[@]}" --no-projection \
+    --out "$out/upgp-noproj$suffix-$attack-$arch.json" 2>&1 | tee -a "$out/log.txt"
   last=$((SECONDS - t0))
   echo "$attack: ${last} s" | tee -a "$out/log.txt"
 done

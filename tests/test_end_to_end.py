@@ -37,7 +37,8 @@ def test_no_projection_uses_same_flagged_set(tmp_path):
 
 def test_scale_run_script_writes_what_cli_runs_reads(tmp_path):
     """scripts/scale_run.sh (the paper-preset runner) at the smoke preset: one attack within the
-    time budget, the next one skipped because the first took longer than what is left."""
+    time budget, the next one skipped because the first took longer than what is left; UPGP_SET
+    reaches both defend runs and names their files."""
     import os
     import subprocess
     from pathlib import Path
@@ -45,11 +46,12 @@ def test_scale_run_script_writes_what_cli_runs_reads(tmp_path):
     from upgp.reproduce import ROOT, cli_runs
 
     out = tmp_path / "runs"
-    env = {**os.environ, "UPGP_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "UPGP_CACHE": str(tmp_path / "cache"), "UPGP_SET": "repair_steps=5"}
     subprocess.run(["bash", str(Path(ROOT) / "scripts" / "scale_run.sh"), "smoke",
                     "preact_resnet18", str(out), "1", "blended", "badnets"],
                    check=True, env=env, cwd=ROOT, capture_output=True)
     rows = cli_runs(out)
     assert rows["attack"].tolist() == ["blended"] and rows.loc[0, "preset"] == "smoke"
-    assert {"UPGP ASR", "no-proj ASR", "UPGP steps", "no-proj steps"} <= set(rows.columns)
+    assert {"UPGP --set ASR", "no-proj --set ASR", "UPGP --set steps"} <= set(rows.columns)
+    assert rows.loc[0, "--set"] == "repair_steps=5"
     assert "skip badnets" in (out / "log.txt").read_text()

@@ -8,6 +8,7 @@ results go to ``results/<preset>/``. A failing notebook is reported; the others 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -20,6 +21,7 @@ import pandas as pd
 
 from .attacks import create_attack
 from .io import atomic_write
+from .method import UPGPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -62,8 +64,9 @@ def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
 
 def cli_runs(folder: Path) -> pd.DataFrame:
     """One row per attack x arch from the JSON files of ``upgp train`` (``train-*.json``) and
-    ``upgp defend`` with and without projection (``upgp-*.json``, ``upgp-noproj-*.json``) in
-    ``folder``, as ``scripts/scale_run.sh`` writes them; empty if there are none."""
+    ``upgp defend`` with and without projection (``upgp-*.json``, ``upgp-noproj-*.json``, and
+    ``upgp-set-*.json``, ``upgp-noproj-set-*.json`` for runs with ``--set`` overrides, named in
+    column *--set*) in ``folder``, as ``scripts/scale_run.sh`` writes them; empty if none."""
     rows = []
     for path in sorted(folder.glob("train-*.json")):
         train = json.loads(path.read_text())
@@ -76,10 +79,15 @@ def cli_runs(folder: Path) -> pd.DataFrame:
                "machine": info.get("machine", ""),
                "train s": info["train_seconds"], "commit": train.get("commit", "not recorded"),
                **{k.upper(): v for k, v in train["no_defense"].items()}}
-        for prefix, label in (("upgp", "UPGP"), ("upgp-noproj", "no-proj")):
+        for prefix, label in (("upgp", "UPGP"), ("upgp-noproj", "no-proj"),
+                              ("upgp-set", "UPGP --set"), ("upgp-noproj-set", "no-proj --set")):
             other = folder / path.name.replace("train-", f"{prefix}-", 1)
             if other.exists():
                 r = json.loads(other.read_text())
+                if label == "UPGP --set":
+                    default = dataclasses.asdict(UPGPConfig())
+                    row["--set"] = ", ".join(f"{k}={v}" for k, v in r["config"].items()
+                                             if k not in ("bf16", "seed") and default.get(k) != v)
                 row.update({f"{label} {k.upper()}": v for k, v in r["after"].items()})
                 row[f"{label} steps"] = r["upgp"]["removal_steps"]
                 row[f"{label} stop"] = r["upgp"]["removal_stop"]
