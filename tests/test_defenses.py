@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -118,3 +119,6 @@ def test_sweep_resumes_without_duplicating_rows(smoke_scenario, tmp_path, monkey
     calls.clear()
     again = sweep(*args, progress=False)
     assert calls == [] and len(again) == 2 and not again.duplicated(["defense", "attack"]).any()
+    stale = read_table(out).iloc[:1].assign(config_id="0ld0c0nf")  # a row of an older config
+    pd.concat([read_table(out), stale]).to_csv(out, index=False)
+    assert sweep(*args, progress=False).config_id.tolist() == again.config_id.tolist()

@@ -53,7 +53,8 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
           seeds: Iterable[int] = (0,), preset: str = "cpu", out: str | Path = "sweep.csv",
           data: str | Path | None = None, settings: dict[str, dict[str, Any]] | None = None,
           progress: bool = True) -> pd.DataFrame:
-    """Run every combination not yet in the table at ``out``; returns the whole table.
+    """Run every combination not yet in the table at ``out``; returns the rows of this call's
+    combinations (the file may also hold rows of other combinations or of older configs).
 
     ``settings`` maps a defense name to config changes (as ``upgp defend --set``).
     """
@@ -65,9 +66,11 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
     jobs = [(a, m, s, d) for a in attacks for m in archs for s in seeds for d in defenses]
     bar = tqdm(jobs, disable=not progress, desc="sweep")
     scenarios: dict[tuple, Scenario] = {}
+    wanted = set()
     for attack, arch, seed, defense in bar:
         config = defense_config(defense, preset_, seed, **(settings or {}).get(defense, {}))
         config_id = config_hash(config, length=8)
+        wanted.add((preset, defense, attack, arch, str(seed), config_id))
         if (preset, defense, attack, arch, str(seed), config_id) in done:
             continue
         bar.set_postfix_str(f"{defense} on {attack}/{arch}/seed {seed}")
@@ -79,4 +82,5 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
         table = row if table.empty else pd.concat([table, row], ignore_index=True)
         atomic_write(out, lambda tmp, t=table: t.to_csv(tmp, index=False))
         done.add((preset, defense, attack, arch, str(seed), config_id))
-    return table
+    keys = [tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)]
+    return table[[k in wanted for k in keys]].reset_index(drop=True)
