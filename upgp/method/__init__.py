@@ -183,7 +183,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
 
     idx = detection.flagged
     cleaned, removals, repairs = model, [], []
-    seconds["removal"] = seconds["repair"] = 0.0
+    seconds["removal"] = 0.0
     base_holdout = accuracy(model, x_hold, y_hold, bf16=config.bf16)
     for rnd in range(config.removal_rounds):
         start = time.perf_counter()
@@ -204,12 +204,10 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
             config.repair_lr, config.removal_batch, config.repair_steps, config.check_every,
             config.repair_max_flagged_rise, config.seed + rnd, config.bf16)
         repairs.append(repair)
-        seconds["repair"] += time.perf_counter() - start
+        seconds["repair"] = seconds.get("repair", 0.0) + time.perf_counter() - start
         # another round only where the held-out budget stopped removal and repair won some back
         if removal.stop_reason != "held-out reserve accuracy dropped" or repair.steps == 0:
             break
-    if not config.repair_steps:
-        del seconds["repair"]
     if repairs:
         flagged_after = accuracy(cleaned, x[idx], y[idx], bf16=config.bf16)
     else:  # removal returns the model of its last accepted check
