@@ -85,6 +85,8 @@ def test_detection_baselines_score_every_sample(smoke_scenario):
 
 @pytest.mark.parametrize("backtracks", [0, 2])
 def test_rejected_check_undoes_and_backtracks(smoke_scenario, backtracks):
+    from upgp.train import accuracy
+
     sc = smoke_scenario
     x_f, y_f = sc.train.x[sc.train.poison_idx], sc.train.y[sc.train.poison_idx]
     x_h, y_h = sc.reserve_x[:100], sc.reserve_y[:100]
@@ -97,6 +99,7 @@ def test_rejected_check_undoes_and_backtracks(smoke_scenario, backtracks):
     assert log.stop_reason == "held-out reserve accuracy dropped"
     assert 0 < log.mean_abs_cosine <= 1  # averaged over the undone steps too
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), sc.model.parameters()))
+    assert log.final_flagged_accuracy == accuracy(model, x_f, y_f)  # of the model returned
 
 
 def test_clean_reference_has_no_backdoor(smoke_scenario):
@@ -129,6 +132,7 @@ def test_projected_repair_leaves_the_flagged_loss_and_keeps_the_best_check(smoke
         assert log.stop_reason == "step budget" and log.steps == 4
         holdout = accuracy(model, sc.reserve_x, sc.reserve_y, bf16=False)
         assert holdout == max(log.holdout_accuracy)  # the best check is returned
+        assert log.final_flagged_accuracy == accuracy(model, x_f, y_f, bf16=False)
         moved[project] = abs(flagged_loss(model) - flagged_loss(start))
         assert (log.mean_abs_cosine > 0) == project
     assert moved[True] <= 0.05 * moved[False], moved

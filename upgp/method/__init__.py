@@ -117,7 +117,6 @@ class UPGPReport:
     removal: RemovalLog  # all rounds together
     repair: RemovalLog
     rounds: int
-    flagged_accuracy_after: float  # the flagged set's accuracy on its labels, final model
     seconds: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
@@ -130,7 +129,8 @@ class UPGPReport:
                 **({"repair_steps": self.repair.steps, "repair_stop": self.repair.stop_reason,
                     "mean_abs_cosine_gn_gb": self.repair.mean_abs_cosine, "rounds": self.rounds}
                    if self.config.repair_steps else {}),
-                "flagged_accuracy_after": self.flagged_accuracy_after,
+                "flagged_accuracy_after": (self.repair if self.config.repair_steps
+                                           else self.removal).final_flagged_accuracy,
                 "seconds": self.seconds}
 
 
@@ -208,13 +208,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         # another round only where the held-out budget stopped removal and repair won some back
         if removal.stop_reason != "held-out reserve accuracy dropped" or repair.steps == 0:
             break
-    if repairs:
-        flagged_after = accuracy(cleaned, x[idx], y[idx], bf16=config.bf16)
-    else:  # removal returns the model of its last accepted check
-        flagged_after = (removals[-1].flagged_accuracy or [float("nan")])[-1]
     report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection,
-                        merge_logs(removals), merge_logs(repairs), len(removals), flagged_after,
-                        seconds)
+                        merge_logs(removals), merge_logs(repairs), len(removals), seconds)
     return cleaned, report
 
 

@@ -50,7 +50,7 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     best_holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
     log.flagged_accuracy.append(flagged_start)
     log.holdout_accuracy.append(best_holdout)
-    best = [p.detach().clone() for p in params]
+    best, log.final_flagged_accuracy = [p.detach().clone() for p in params], flagged_start
     cos_sum, cos_count = 0.0, 0
     step = 0
     while step < max_steps:
@@ -77,6 +77,7 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
             log.holdout_accuracy.append(holdout)
             if holdout >= best_holdout:  # ties: the more repaired model
                 best, best_holdout, log.steps = [p.detach().clone() for p in params], holdout, step
+                log.final_flagged_accuracy = flagged
     else:
         log.stop_reason = "step budget"
     with torch.no_grad():

@@ -60,6 +60,7 @@ class RemovalLog:
     holdout_accuracy: list[float] = field(default_factory=list)
     mean_abs_cosine: float = 0.0  # mean |cos(g_u, n)| before projection
     steps_taken: int = 0  # every step computed, undone or kept
+    final_flagged_accuracy: float = float("nan")  # the flagged set's, for the returned model
 
 
 def merge_logs(logs: list[RemovalLog]) -> RemovalLog:
@@ -75,7 +76,7 @@ def merge_logs(logs: list[RemovalLog]) -> RemovalLog:
         flagged_accuracy=[a for log in logs for a in log.flagged_accuracy],
         holdout_accuracy=[a for log in logs for a in log.holdout_accuracy],
         mean_abs_cosine=sum(log.mean_abs_cosine * log.steps_taken for log in logs) / max(1, taken),
-        steps_taken=taken)
+        steps_taken=taken, final_flagged_accuracy=logs[-1].final_flagged_accuracy)
 
 
 def _grads(model: nn.Module, loss: Tensor) -> list[Tensor]:
@@ -184,6 +185,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     if projection != "none":
         log.mean_abs_cosine = cos_sum / max(1, cos_count)  # over every step taken, undone or kept
     log.final_lr = lr
+    log.final_flagged_accuracy = log.flagged_accuracy[-1]  # the last accepted check's model
     return model, log
 
 
