@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 
 from upgp.data import DataUnavailableError, load_dataset, load_image_folder, split_reserve
-from upgp.presets import get_preset
+from upgp.experiments import build_scenario
+from upgp.presets import PAIR_EPOCHS, get_preset
 
 
 def test_reserve_disjoint_and_seeded():
@@ -62,6 +63,17 @@ def test_unknown_preset_and_field():
         get_preset("cpu", colour=1)
     with pytest.raises(ValueError, match=r"poison ratio 1.2 is outside \(0, 1\)"):
         get_preset("cpu", poison_ratio=1.2)
+
+
+def test_pair_epochs(monkeypatch):
+    assert get_preset("cpu", "wanet", "vgg19_bn").epochs == 24
+    assert get_preset("cpu", "wanet", "vgg19_bn", epochs=5).epochs == 5  # the caller's wins
+    assert get_preset("cpu", "wanet", "preact_resnet18").epochs == get_preset("cpu").epochs == 12
+    monkeypatch.setitem(PAIR_EPOCHS, "smoke", {("badnets", "vgg16_bn"): 3})
+    scenario = build_scenario("badnets", "vgg16_bn", "smoke", progress=False)
+    assert scenario.preset.epochs == scenario.describe()["epochs"] == 3
+    assert build_scenario("badnets", "vgg16_bn", get_preset("smoke"), progress=False
+                          ).preset.epochs == 8  # a Preset object is taken as it is
 
 
 def test_image_folder_from_archive(tmp_path):

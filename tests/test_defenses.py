@@ -122,3 +122,8 @@ def test_sweep_resumes_without_duplicating_rows(smoke_scenario, tmp_path, monkey
     stale = read_table(out).iloc[:1].assign(config_id="0ld0c0nf")  # a row of an older config
     pd.concat([read_table(out), stale]).to_csv(out, index=False)
     assert sweep(*args, progress=False).config_id.tolist() == again.config_id.tolist()
+    read_table(out).drop(columns="epochs").to_csv(out, index=False)  # before epochs joined the key
+    recomputed = []
+    monkeypatch.setattr(sweep_module, "run_defense",
+                        lambda sc, d, c: recomputed.append(d) or real(sc, d, c, use_cache=False))
+    assert len(sweep(*args, progress=False)) == 2 and sorted(recomputed) == ["fp", "ft"]

@@ -67,7 +67,8 @@ def _finish(result: dict[str, Any], out: Path | None) -> None:
 
 
 def _header(run: dict[str, Any]) -> str:
-    return (f"{run['attack']} / {run['arch']} (width {run['width']}) / preset {run['preset']} "
+    return (f"{run['attack']} / {run['arch']} (width {run['width']}, {run['epochs']} epochs) / "
+            f"preset {run['preset']} "
             f"[{run['scale']}] / seed {run['seed']} / {run['data']}")
 
 

@@ -36,10 +36,10 @@ from .method import (
     mean_gradient,
     per_sample_dot,
     per_sample_outputs,
+    perturb_from_config,
     sensitivity_scores,
     split_holdout,
     subsample_reserve,
-    unlearning_perturbation,
     upgp_defend,
 )
 from .metrics import auroc, backdoor_metrics, der, detection_metrics
@@ -99,7 +99,8 @@ class Scenario:
         """Everything that identifies this run, for reports next to its numbers."""
         return {"attack": self.attack.name, "attack_params": self.attack.params(),
                 "arch": self.arch, "preset": self.preset.name, "scale": self.preset.scale_label(),
-                "width": self.preset.width, "seed": self.seed, "data": self.data_source,
+                "width": self.preset.width, "epochs": self.preset.epochs, "seed": self.seed,
+                "data": self.data_source,
                 "poison_ratio": self.preset.poison_ratio, "target": self.preset.target,
                 "label_mode": self.attack.label_mode,
                 "reserve_size": len(self.reserve_y), "train_size": len(self.train.y),
@@ -207,8 +208,9 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     Attacks whose trigger is learnt with the classifier (IAD) are the exception: their trigger
     networks come from the model cache, so building the scenario trains (or loads) the model too.
     """
-    preset = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
     attack = attack if isinstance(attack, Attack) else create_attack(attack, **(attack_params or {}))
+    preset = (preset if isinstance(preset, Preset)
+              else get_preset(preset, attack.name, arch, **overrides))
     create_model(arch)  # fail early on an unknown architecture
     images, fingerprint = load_data_cached(preset, data, seed)
     train_idx, reserve_idx = split_reserve(len(images.y_train), preset.reserve_ratio, seed)
@@ -315,9 +317,9 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
                       *((reserve_size,) if reserve_size else ()))  # keys made before it stay valid
     path = cache_dir() / "defenses" / f"upgp-{scenario.attack.name}-{scenario.arch}-{key}.pt"
     cached = load_tensors(path) if use_cache else None
-    if cached is not None:
-        return DefenseRun(json.loads(cached["result"]), cached["scores"], cached["flagged"],
-                          cached["suspicion"])
+    if cached is not None:  # the key fixes the scenario; its description follows the code's
+        return DefenseRun({**json.loads(cached["result"]), "run": scenario.describe()},
+                          cached["scores"], cached["flagged"], cached["suspicion"])
     reserve = subsample_reserve(scenario.reserve_x, scenario.reserve_y, reserve_size,
                                 scenario.seed)
     start = time.perf_counter()
@@ -380,7 +382,7 @@ def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,
     path = cache_dir() / "defenses" / f"{defense}-{scenario.attack.name}-{scenario.arch}-{key}.json"
     cached = load_json(path) if use_cache else None
     if cached is not None:
-        return cached
+        return {**cached, "run": scenario.describe()}
     train_set = (scenario.train.x, scenario.train.y) if spec.needs_train_set else None
     start = time.perf_counter()
     model, report = defend(defense, scenario.model, (scenario.reserve_x, scenario.reserve_y),
@@ -403,10 +405,7 @@ def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     x_fit, y_fit, _, _ = split_holdout(scenario.reserve_x, scenario.reserve_y,
                                        config.holdout_ratio, config.seed)
-    pert = unlearning_perturbation(scenario.model, x_fit, y_fit, config.perturb_loss,
-                                   config.perturb_lr, config.perturb_batch,
-                                   config.perturb_max_steps, config.perturb_stop_accuracy,
-                                   config.clip_norm, config.seed, config.bf16)
+    pert = perturb_from_config(scenario.model, x_fit, y_fit, config)
     scores = sensitivity_scores(scenario.model, pert.model, scenario.train.x, scenario.train.y,
                                 config.score, bf16=config.bf16)
     truth = scenario.train.is_poisoned
@@ -436,14 +435,9 @@ def learning_dynamics(scenario: Scenario, n_samples: int = 256,
                                        config.holdout_ratio, config.seed)
     model = scenario.model
     g_normal = mean_gradient(model, x_fit, y_fit)
-    perts = {"one step": unlearning_perturbation(model, x_fit, y_fit, config.perturb_loss,
-                                                 config.perturb_lr, config.perturb_batch, 1,
-                                                 0.0, config.clip_norm, config.seed, False),
-             "full": unlearning_perturbation(model, x_fit, y_fit, config.perturb_loss,
-                                             config.perturb_lr, config.perturb_batch,
-                                             config.perturb_max_steps,
-                                             config.perturb_stop_accuracy, config.clip_norm,
-                                             config.seed, False)}
+    perts = {"one step": perturb_from_config(model, x_fit, y_fit, config, max_steps=1,
+                                             stop_accuracy=0.0, bf16=False),
+             "full": perturb_from_config(model, x_fit, y_fit, config, bf16=False)}
     deltas = [flat_delta(model, p.delta(model)) for p in perts.values()]
     dots = per_sample_dot(model, x, y, torch.stack([g_normal, *deltas], 1))
     norms = per_sample_dot(model, x, y, None).norm(dim=1)  # holds 2n x P floats at once

@@ -74,7 +74,8 @@ def cli_runs(folder: Path) -> pd.DataFrame:
         defaults = create_attack(run["attack"]).params()
         changed = {k: v for k, v in run["attack_params"].items() if defaults.get(k) != v}
         row = {"attack": run["attack"], "arch": run["arch"], "preset": run["preset"],
-               "width": run["width"], "seed": run["seed"], "poison ratio": run["poison_ratio"],
+               "width": run["width"], "epochs": run.get("epochs", "not recorded"),
+               "seed": run["seed"], "poison ratio": run["poison_ratio"],
                "attack params": ", ".join(f"{k}={v}" for k, v in changed.items()) or "default",
                "machine": info.get("machine", ""),
                "train s": info["train_seconds"], "commit": train.get("commit", "not recorded"),

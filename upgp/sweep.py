@@ -2,7 +2,8 @@
 
 ``sweep(...)`` appends one row per finished run to a CSV table and rewrites it atomically after
 each run, so an interrupted sweep loses nothing: rerun the same call and it skips every row
-already there (matched on preset, defense, attack, arch, seed and the defense config's hash) and
+already there (matched on preset, epochs, defense, attack, arch, seed and the defense config's
+hash) and
 computes only the rest. Backdoored models and defense results are also cached on disk.
 """
 
@@ -20,13 +21,14 @@ from .experiments import Scenario, backdoored_model, run_defense
 from .io import atomic_write, config_hash
 from .presets import get_preset
 
-KEY = ["preset", "defense", "attack", "arch", "seed", "config_id"]
+KEY = ["preset", "epochs", "defense", "attack", "arch", "seed", "config_id"]
 
 
 def result_row(result: dict[str, Any], config_id: str) -> dict[str, Any]:
     """Flatten a defense result (``run_defense``) into one tidy row."""
     run = result["run"]
-    row = {"preset": run["preset"], "defense": result["defense"], "attack": run["attack"],
+    row = {"preset": run["preset"], "epochs": run["epochs"], "defense": result["defense"],
+           "attack": run["attack"],
            "arch": run["arch"], "seed": run["seed"], "config_id": config_id,
            "width": run["width"], "data": run["data"], "scale": run["scale"]}
     row.update({f"{k}_before": v for k, v in result["before"].items()})
@@ -44,9 +46,12 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=KEY)
     try:
-        return pd.read_csv(path, dtype={"config_id": str})
+        table = pd.read_csv(path, dtype={"config_id": str, "epochs": "Int64"})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"sweep table {path} is corrupt ({err}); move it away to start over") from err
+    if "epochs" not in table:  # written before epochs were part of the key: matches nothing now
+        table.insert(1, "epochs", pd.NA)
+    return table
 
 
 def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
@@ -60,7 +65,6 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
     """
     out = Path(out)
     defenses, attacks, archs, seeds = list(defenses), list(attacks), list(archs), list(seeds)
-    preset_ = get_preset(preset)
     table = read_table(out)
     done = {tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)}
     jobs = [(a, m, s, d) for a in attacks for m in archs for s in seeds for d in defenses]
@@ -68,19 +72,21 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
     scenarios: dict[tuple, Scenario] = {}
     wanted = set()
     for attack, arch, seed, defense in bar:
+        preset_ = get_preset(preset, attack, arch)
         config = defense_config(defense, preset_, seed, **(settings or {}).get(defense, {}))
-        config_id = config_hash(config, length=8)
-        wanted.add((preset, defense, attack, arch, str(seed), config_id))
-        if (preset, defense, attack, arch, str(seed), config_id) in done:
+        key = (preset, str(preset_.epochs), defense, attack, arch, str(seed),
+               config_hash(config, length=8))
+        wanted.add(key)
+        if key in done:
             continue
         bar.set_postfix_str(f"{defense} on {attack}/{arch}/seed {seed}")
         if (attack, arch, seed) not in scenarios:
             scenarios = {(attack, arch, seed): backdoored_model(attack, arch, preset_, seed, data,
                                                                 progress=progress)}
         result = run_defense(scenarios[(attack, arch, seed)], defense, config)
-        row = pd.DataFrame([result_row(result, config_id)])
+        row = pd.DataFrame([result_row(result, key[-1])])
         table = row if table.empty else pd.concat([table, row], ignore_index=True)
         atomic_write(out, lambda tmp, t=table: t.to_csv(tmp, index=False))
-        done.add((preset, defense, attack, arch, str(seed), config_id))
+        done.add(key)
     keys = [tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)]
     return table[[k in wanted for k in keys]].reset_index(drop=True)

@@ -94,6 +94,19 @@ class UPGPConfig(Settings):
         "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds")
 
 
+def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: UPGPConfig,
+                        **overrides: Any) -> Perturbation:
+    """Step 1, ``unlearning_perturbation`` with the ``perturb_*`` fields of ``config``.
+
+    ``overrides`` replace any of its keyword arguments (``max_steps=1`` gives one step).
+    """
+    kwargs: dict[str, Any] = dict(
+        loss=config.perturb_loss, lr=config.perturb_lr, batch_size=config.perturb_batch,
+        max_steps=config.perturb_max_steps, stop_accuracy=config.perturb_stop_accuracy,
+        clip_norm=config.clip_norm, seed=config.seed, bf16=config.bf16)
+    return unlearning_perturbation(model, x_fit, y_fit, **(kwargs | overrides))
+
+
 def split_holdout(x: Tensor, y: Tensor, ratio: float, seed: int
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Split the reserve into (x_fit, y_fit, x_holdout, y_holdout), fixed by seed."""
@@ -165,10 +178,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    pert: Perturbation = unlearning_perturbation(
-        model, x_fit, y_fit, config.perturb_loss, config.perturb_lr, config.perturb_batch,
-        config.perturb_max_steps, config.perturb_stop_accuracy, config.clip_norm, config.seed,
-        config.bf16)
+    pert = perturb_from_config(model, x_fit, y_fit, config)
     seconds["perturbation"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -216,7 +226,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
 __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport", "detect",
            "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products",
            "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
-           "per_sample_outputs", "project_gpm", "project_out", "project_out_per_layer",
-           "project_out_subspace", "projected_repair", "projected_unlearning", "robust_z",
-           "sensitivity_scores", "split_holdout", "subsample_reserve", "unlearning_perturbation",
-           "upgp_defend"]
+           "per_sample_outputs", "perturb_from_config", "project_gpm", "project_out",
+           "project_out_per_layer", "project_out_subspace", "projected_repair",
+           "projected_unlearning", "robust_z", "sensitivity_scores", "split_holdout",
+           "subsample_reserve", "unlearning_perturbation", "upgp_defend"]
