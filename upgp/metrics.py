@@ -32,6 +32,20 @@ def backdoor_metrics(model: nn.Module, x_test: Tensor, y_test: Tensor, x_trigger
     }
 
 
+def target_class_accuracy(model: nn.Module, x_test: Tensor, y_test: Tensor, target: int,
+                          bf16: bool = True, batch_size: int = 1024) -> dict[str, float]:
+    """Clean-test accuracy (in %) on the target class's images and on those of all other classes.
+
+    A clean-label attack that poisons every target-class training image (SIG, LC at 10%) can teach
+    "target class <=> trigger": clean target-class images are then missed, and ACC is at most
+    (C-1)/C times the other classes' accuracy.
+    """
+    pred = predict(model, x_test, batch_size, bf16)
+    is_target = y_test == target
+    return {"acc_target_class": 100 * (pred[is_target] == target).float().mean().item(),
+            "acc_other_classes": 100 * (pred[~is_target] == y_test[~is_target]).float().mean().item()}
+
+
 def der(before: dict[str, float], after: dict[str, float]) -> float:
     """Defense effectiveness rating in % (BackdoorBench): (max(0, dASR) - max(0, dACC) + 1) / 2."""
     d_asr = max(0.0, before["asr"] - after["asr"]) / 100

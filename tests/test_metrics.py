@@ -1,0 +1,32 @@
+"""Backdoor metrics on hand-made predictions."""
+
+import pytest
+import torch
+from torch import nn
+
+from upgp.metrics import der, target_class_accuracy
+
+
+class AlwaysClass(nn.Module):
+    """Predicts class ``c`` for every input (one learnable logit vector)."""
+
+    def __init__(self, c: int, num_classes: int = 3) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(c), num_classes).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_target_class_accuracy_splits_the_target_class_off():
+    x = torch.zeros(6, 3, 4, 4, dtype=torch.uint8)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert target_class_accuracy(AlwaysClass(0), x, y, 0, bf16=False) == {
+        "acc_target_class": 100.0, "acc_other_classes": 0.0}
+    assert target_class_accuracy(AlwaysClass(1), x, y, 0, bf16=False) == pytest.approx({
+        "acc_target_class": 0.0, "acc_other_classes": 50.0})
+
+
+def test_der_counts_only_asr_gain_and_acc_loss():
+    assert der({"acc": 90, "asr": 100}, {"acc": 80, "asr": 0}) == pytest.approx(95.0)
+    assert der({"acc": 80, "asr": 10}, {"acc": 90, "asr": 20}) == pytest.approx(50.0)
