@@ -68,4 +68,10 @@ def test_cli_results_collect_into_one_row(tmp_path):
     assert {"ACC", "ASR", "UPGP ASR", "AUROC", "UPGP stop", "commit"} <= set(rows.columns)
     assert rows.loc[0, "attack params"] == "default" and rows.loc[0, "poison ratio"] == 0.1
     assert "no-proj ASR" not in rows.columns  # that run is absent
+    assert rows.loc[0, "epochs"] == 2
+    train = tmp_path / "train-blended-preact_resnet18.json"
+    old = json.loads(train.read_text())
+    del old["run"]["epochs"]  # as files written before runs recorded their epochs
+    train.write_text(json.dumps(old))
+    assert cli_runs(tmp_path).loc[0, "epochs"] == 2  # from training time x throughput
     assert cli_runs(tmp_path / "none").empty

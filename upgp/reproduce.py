@@ -62,6 +62,13 @@ def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
     return path
 
 
+def _epochs_run(train: dict[str, Any]) -> int:
+    """Passes over the training set of an ``upgp train`` file written before runs recorded their
+    epochs: training time x throughput / training-set size (the last partial batch is dropped)."""
+    info = train["training"]
+    return round(info["train_seconds"] * info["images_per_second"] / train["run"]["train_size"])
+
+
 def cli_runs(folder: Path) -> pd.DataFrame:
     """One row per attack x arch from the JSON files of ``upgp train`` (``train-*.json``) and
     ``upgp defend`` with and without projection (``upgp-*.json``, ``upgp-noproj-*.json``, and
@@ -74,7 +81,7 @@ def cli_runs(folder: Path) -> pd.DataFrame:
         defaults = create_attack(run["attack"]).params()
         changed = {k: v for k, v in run["attack_params"].items() if defaults.get(k) != v}
         row = {"attack": run["attack"], "arch": run["arch"], "preset": run["preset"],
-               "width": run["width"], "epochs": run.get("epochs", "not recorded"),
+               "width": run["width"], "epochs": run.get("epochs", _epochs_run(train)),
                "seed": run["seed"], "poison ratio": run["poison_ratio"],
                "attack params": ", ".join(f"{k}={v}" for k, v in changed.items()) or "default",
                "machine": info.get("machine", ""),
