@@ -19,13 +19,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_notebook_has_parameters_and_no_outputs():
+    import ast
+
     import nbformat
+    import papermill
 
     for name, path in notebooks().items():
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, name
         assert "preset: str" in tagged[0].source, name
+        assigned = [node.target.id for node in ast.parse(tagged[0].source).body
+                    if isinstance(node, ast.AnnAssign)]
+        assert sorted(papermill.inspect_notebook(str(path))) == sorted(assigned), name
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
 
 
