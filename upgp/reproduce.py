@@ -62,7 +62,7 @@ def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
     return path
 
 
-def _epochs_run(train: dict[str, Any]) -> int:
+def _epochs_from_throughput(train: dict[str, Any]) -> int:
     """Passes over the training set of an ``upgp train`` file written before runs recorded their
     epochs: training time x throughput / training-set size (the last partial batch is dropped)."""
     info = train["training"]
@@ -81,7 +81,8 @@ def cli_runs(folder: Path) -> pd.DataFrame:
         defaults = create_attack(run["attack"]).params()
         changed = {k: v for k, v in run["attack_params"].items() if defaults.get(k) != v}
         row = {"attack": run["attack"], "arch": run["arch"], "preset": run["preset"],
-               "width": run["width"], "epochs": run.get("epochs", _epochs_run(train)),
+               "width": run["width"],
+               "epochs": run["epochs"] if "epochs" in run else _epochs_from_throughput(train),
                "seed": run["seed"], "poison ratio": run["poison_ratio"],
                "attack params": ", ".join(f"{k}={v}" for k, v in changed.items()) or "default",
                "machine": info.get("machine", ""),

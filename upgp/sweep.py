@@ -3,8 +3,7 @@
 ``sweep(...)`` appends one row per finished run to a CSV table and rewrites it atomically after
 each run, so an interrupted sweep loses nothing: rerun the same call and it skips every row
 already there (matched on preset, epochs, defense, attack, arch, seed and the defense config's
-hash) and
-computes only the rest. Backdoored models and defense results are also cached on disk.
+hash) and computes only the rest. Backdoored models and defense results are also cached on disk.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ def result_row(result: dict[str, Any], config_id: str) -> dict[str, Any]:
     """Flatten a defense result (``run_defense``) into one tidy row."""
     run = result["run"]
     row = {"preset": run["preset"], "epochs": run["epochs"], "defense": result["defense"],
-           "attack": run["attack"],
-           "arch": run["arch"], "seed": run["seed"], "config_id": config_id,
-           "width": run["width"], "data": run["data"], "scale": run["scale"]}
+           "attack": run["attack"], "arch": run["arch"], "seed": run["seed"],
+           "config_id": config_id, "width": run["width"], "data": run["data"],
+           "scale": run["scale"]}
     row.update({f"{k}_before": v for k, v in result["before"].items()})
     row.update(result["after"])
     row.update(der=result["der"], wall_seconds=result["wall_seconds"],
