@@ -10,7 +10,7 @@ import upgp.experiments as experiments
 import upgp.sweep as sweep_module
 from upgp.defenses import DEFENSES, defend, defense_config
 from upgp.presets import get_preset
-from upgp.sweep import read_table, sweep
+from upgp.sweep import defense_means, defense_table, read_table, sweep
 
 BASELINES = sorted(set(DEFENSES) - {"upgp"})
 
@@ -115,6 +115,10 @@ def test_sweep_resumes_without_duplicating_rows(smoke_scenario, tmp_path, monkey
     table = sweep(*args, progress=False)
     assert calls == ["fp"]  # the finished row was not recomputed
     assert sorted(table.defense) == ["fp", "ft"]
+    rows = defense_table(table, ["fp", "ft"])  # the backdoored model first, then in this order
+    assert rows.defense.tolist() == ["none", "fp", "ft"]
+    assert rows.acc.iloc[0] == table.acc_before.iloc[0] and rows.wall_seconds.iloc[0] == 0
+    assert defense_means(rows).index.tolist() == ["none", "fp", "ft"]
     assert table.loc[table.defense == "ft", "acc"].item() == first.acc.item()
     calls.clear()
     again = sweep(*args, progress=False)

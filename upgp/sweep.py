@@ -40,6 +40,27 @@ def result_row(result: dict[str, Any], config_id: str) -> dict[str, Any]:
     return row
 
 
+def defense_table(table: pd.DataFrame, defenses: Iterable[str]) -> pd.DataFrame:
+    """ACC, ASR, RA, DER and wall time per defense and attack from sweep rows, led by a "none"
+    row per attack (the backdoored model before any defense), defenses in the given order."""
+    cols = ["defense", "attack", "acc", "asr", "ra", "der", "wall_seconds"]
+    none = (table.drop_duplicates("attack")[["attack", "acc_before", "asr_before", "ra_before"]]
+            .rename(columns=lambda c: c.replace("_before", ""))
+            .assign(defense="none", der=float("nan"), wall_seconds=0.0))
+    rank = {d: i for i, d in enumerate(["none", *defenses])}
+    return (pd.concat([none[cols], table[cols]], ignore_index=True)
+            .sort_values(["defense", "attack"],
+                         key=lambda s: s.map(rank) if s.name == "defense" else s))
+
+
+def defense_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean ACC, ASR, RA, DER and wall time over the attacks, one row per defense of a
+    ``defense_table`` (in its order)."""
+    mean = rows.groupby("defense", sort=False)[["acc", "asr", "ra", "der", "wall_seconds"]].mean()
+    mean.columns = ["mean ACC", "mean ASR", "mean RA", "mean DER", "mean wall s"]
+    return mean
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """The sweep table at ``path`` (empty if absent); a file that cannot be parsed is an error."""
     if not path.exists():
