@@ -5,7 +5,8 @@
 # Writes OUTDIR/{train,upgp,upgp-noproj}-ATTACK-ARCH.json (the CLI's --out) and OUTDIR/log.txt.
 # Used for the paper-preset runs on a GPU (results/paper/), where every model is trained anew.
 # UPGP_SET="k=v k=v" passes --set k=v to both defend runs (e.g. removal_backtracks=4 or
-# "repair_steps=60 removal_rounds=3"); with it, the defend files get a "-set" suffix.
+# "repair_steps=60 removal_rounds=3 stop_flagged_accuracy=0.05", what --repair 60 --rounds 3
+# sets); with it, the defend files get a "-set" suffix.
 set -uo pipefail
 preset=$1 arch=$2 out=$3 budget=$4
 shift 4

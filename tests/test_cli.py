@@ -33,7 +33,8 @@ def test_bad_input_is_one_line(argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["defend", "--defense", "nc"], "unknown defense 'nc'; choose one of: abl, anp, fp, ft, ibau"),
-    (["defend", "--defense", "ft", "--no-projection"], "--no-projection applies to upgp only"),
+    (["defend", "--defense", "ft", "--no-projection"], "--no-projection and --repair apply to upgp"),
+    (["defend", "--defense", "ft", "--repair", "5"], "--no-projection and --repair apply to upgp"),
     (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
     (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
     (["train", "--attack", "bpp", "--attack-param", "cros_ratio=0"],
@@ -56,6 +57,17 @@ def test_defend_with_a_baseline_and_sweep(tmp_path, capsys):
     assert main(["sweep", "--defenses", "ft", "fp", "--attacks", "blended", "--preset", "smoke",
                  "--out", str(table), "--quiet"]) == 0
     assert table.read_text().count("\n") == 3  # header + one row per defense
+
+
+def test_defend_with_repair_builds_the_repaired_config(tmp_path):
+    out = tmp_path / "rep.json"
+    assert main(["defend", "--attack", "blended", "--preset", "smoke", "--epochs", "2", "--quiet",
+                 "--repair", "3", "--rounds", "1", "--no-projection",
+                 "--set", "removal_max_steps=5", "--out", str(out)]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["repair_steps"], config["removal_rounds"]) == (3, 1)
+    assert config["stop_flagged_accuracy"] == 0.05  # 0.1 less the repair's allowed rise
+    assert config["projection"] == "none" and config["repair_project"] is False
 
 
 def test_cli_results_collect_into_one_row(tmp_path):

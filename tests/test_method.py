@@ -162,6 +162,18 @@ def test_repair_fields_keep_old_cache_keys_until_set():
     assert config_hash(base) == config_hash(old)  # what the key was before the fields existed
 
 
+def test_with_repair_leaves_room_for_the_repairs_rise():
+    base = UPGPConfig(stop_flagged_accuracy=0.2, repair_max_flagged_rise=0.08)
+    rep = base.with_repair(40, 2)
+    assert (rep.repair_steps, rep.removal_rounds) == (40, 2)
+    assert rep.stop_flagged_accuracy == pytest.approx(0.12)  # 0.12 + the allowed 0.08 = 0.2
+    assert UPGPConfig().with_repair().stop_flagged_accuracy == 0.05
+    with pytest.raises(ValueError, match="already repairs"):
+        rep.with_repair()
+    with pytest.raises(ValueError, match="repair steps 0 must be >= 1"):
+        base.with_repair(0)
+
+
 def test_upgp_with_repair_rounds_reports_them(smoke_scenario):
     config = UPGPConfig(repair_steps=10, removal_rounds=3)
     result = run_upgp(smoke_scenario, config, use_cache=False).result

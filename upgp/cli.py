@@ -119,14 +119,16 @@ def cmd_defend(args: argparse.Namespace) -> None:
 
     get_defense(args.defense)  # fail early on an unknown name
     settings = _parse_settings(args.set)
-    if args.no_projection:
-        if args.defense != "upgp":
-            raise ValueError(f"--no-projection applies to upgp only, not {args.defense!r}")
-        settings["projection"] = "none"
-        if settings.get("repair_steps"):  # no projection in the repair either
-            settings["repair_project"] = False
+    if (args.no_projection or args.repair) and args.defense != "upgp":
+        raise ValueError(f"--no-projection and --repair apply to upgp only, not {args.defense!r}")
     sc = _load(args)
     config = defense_config(args.defense, sc.preset, args.seed, **settings)
+    if args.repair:
+        config = config.with_repair(args.repair, args.rounds)
+    if args.no_projection:
+        config = config.replace(projection="none")
+        if config.repair_steps:  # no projection in the repair either
+            config = config.replace(repair_project=False)
     r = run_defense(sc, args.defense, config)
     print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")
@@ -178,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_def.add_argument("--defense", default="upgp", help=f"one of: {', '.join(sorted(DEFENSES))}")
     p_def.add_argument("--no-projection", action="store_true",
                        help="unlearn (and repair) without the null-space projection (ablation)")
+    p_def.add_argument("--repair", type=int, default=0, metavar="STEPS",
+                       help="upgp: add step 5, STEPS projected repair steps per round "
+                            "(UPGPConfig.with_repair; removal then aims 0.05 lower)")
+    p_def.add_argument("--rounds", type=int, default=3,
+                       help="with --repair: removal + repair rounds at most (default 3)")
     p_def.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set projection=layer")
     p_def.set_defaults(func=cmd_defend)

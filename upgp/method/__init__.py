@@ -7,8 +7,8 @@
 4. unlearning of the flagged set from theta_0 along projected gradients (``unlearning.py``,
    ``projection.py``);
 5. optionally, repair on the reserve along gradients projected off the flagged set's
-   (``repair.py``; off by default, ``repair_steps`` > 0 turns it on), and further rounds of
-   removal + repair while the held-out budget is what stops removal (``removal_rounds``).
+   (``repair.py``; off by default, ``UPGPConfig.with_repair`` turns it on), and further rounds
+   of removal + repair while the held-out budget is what stops removal (``removal_rounds``).
 The paper's exact score, thresholds and hyperparameters are not public: every choice is a field
 of ``UPGPConfig``.
 """
@@ -92,6 +92,22 @@ class UPGPConfig(Settings):
     # added after results were cached: hashed only when set, so cache keys made before hold
     HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
         "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds")
+
+    def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
+        """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
+
+        The repair may raise the flagged set's accuracy by ``repair_max_flagged_rise``, so removal
+        aims that much lower: target_removal = stop_flagged_accuracy - repair_max_flagged_rise,
+        and the repaired model is held to the four-step target.
+        """
+        if self.repair_steps:
+            raise ValueError(f"with_repair on a config that already repairs "
+                             f"(repair_steps {self.repair_steps}); call it on a four-step config")
+        if steps < 1:
+            raise ValueError(f"repair steps {steps} must be >= 1 (0 is the four-step config)")
+        return self.replace(repair_steps=steps, removal_rounds=rounds,
+                            stop_flagged_accuracy=round(
+                                self.stop_flagged_accuracy - self.repair_max_flagged_rise, 10))
 
 
 def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: UPGPConfig,
