@@ -35,6 +35,8 @@ def test_bad_input_is_one_line(argv, message, capsys):
     (["defend", "--defense", "nc"], "unknown defense 'nc'; choose one of: abl, anp, fp, ft, ibau"),
     (["defend", "--defense", "ft", "--no-projection"], "--no-projection and --repair apply to upgp"),
     (["defend", "--defense", "ft", "--repair", "5"], "--no-projection and --repair apply to upgp"),
+    (["defend", "--defense", "upgp_repair", "--repair", "5"],
+     "with_repair on a config that already repairs (repair_steps 60)"),
     (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
     (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
     (["train", "--attack", "bpp", "--attack-param", "cros_ratio=0"],
@@ -68,6 +70,17 @@ def test_defend_with_repair_builds_the_repaired_config(tmp_path):
     assert (config["repair_steps"], config["removal_rounds"]) == (3, 1)
     assert config["stop_flagged_accuracy"] == 0.05  # 0.1 less the repair's allowed rise
     assert config["projection"] == "none" and config["repair_project"] is False
+
+
+def test_defend_upgp_repair_is_the_repaired_upgp(tmp_path):
+    out = tmp_path / "rep.json"
+    assert main(["defend", "--defense", "upgp_repair", "--attack", "blended", "--preset", "smoke",
+                 "--epochs", "2", "--quiet", "--set", "removal_max_steps=5", "--set", "repair_steps=3",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["defense"] == "upgp_repair" and "detection" in result
+    assert (result["config"]["repair_steps"], result["config"]["removal_rounds"]) == (3, 3)
+    assert result["config"]["stop_flagged_accuracy"] == 0.05
 
 
 def test_cli_results_collect_into_one_row(tmp_path):

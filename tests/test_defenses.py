@@ -9,10 +9,12 @@ import torch
 import upgp.experiments as experiments
 import upgp.sweep as sweep_module
 from upgp.defenses import DEFENSES, defend, defense_config
+from upgp.defenses.upgp import UPGP_DEFENSES
+from upgp.method import UPGPConfig
 from upgp.presets import get_preset
 from upgp.sweep import defense_means, defense_table, read_table, sweep
 
-BASELINES = sorted(set(DEFENSES) - {"upgp"})
+BASELINES = sorted(set(DEFENSES) - set(UPGP_DEFENSES))
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -86,6 +88,10 @@ def test_configs_scale_per_preset_and_reject_bad_fields():
         defense_config("ft", get_preset("cpu"), epoch=3)
     with pytest.raises(ValueError, match="unknown defense 'nc'; choose one of: abl"):
         defense_config("nc", get_preset("cpu"))
+    cpu = get_preset("cpu")  # upgp_repair: the main-results chapter's "+ repair" config
+    assert (defense_config("upgp_repair", cpu, seed=2)
+            == UPGPConfig(seed=2, bf16=cpu.bf16).with_repair(60, 3))
+    assert defense_config("upgp_repair", cpu, repair_steps=7).repair_steps == 7
 
 
 def test_abl_requires_the_training_set(smoke_scenario):

@@ -1,9 +1,11 @@
 import dataclasses
+import math
 
 import pytest
 import torch
 
-from upgp.experiments import clean_reference, removal_trajectory, run_upgp
+import upgp.experiments as experiments
+from upgp.experiments import clean_reference, clean_reference_model, removal_trajectory, run_upgp
 from upgp.method import (
     UPGPConfig,
     detect,
@@ -40,6 +42,10 @@ def test_upgp_detects_and_removes_synthetic_backdoor(smoke_scenario):
     assert result["detection"]["auroc"] >= 0.95, result["detection"]
     assert result["after"]["asr"] < result["before"]["asr"] - 50, result
     assert result["after"]["acc"] > result["before"]["acc"] - 10, result
+    counts = result["triggered_predictions"]  # where the triggered test images went
+    assert sum(counts) == len(smoke_scenario.y_triggered)
+    target = smoke_scenario.preset.target
+    assert 100 * counts[target] / sum(counts) == pytest.approx(result["after"]["asr"])
 
 
 def test_given_flagged_set_is_used(smoke_scenario):
@@ -108,6 +114,27 @@ def test_clean_reference_has_no_backdoor(smoke_scenario):
     assert set(clean) == {"acc", "asr", "ra"}
     assert clean["asr"] < sc.metrics["asr"] - 50 and clean["ra"] > sc.metrics["ra"] + 50
     assert clean_reference(sc, progress=False) == clean  # the clean model is cached
+    counts = sc.triggered_predictions(clean_reference_model(sc, progress=False))
+    assert sum(counts) == len(sc.y_triggered) and len(counts) == sc.num_classes
+
+
+def test_upgp_with_predictions_reruns_a_run_cached_without_them(smoke_scenario, monkeypatch):
+    config = UPGPConfig(removal_max_steps=5)
+    first = run_upgp(smoke_scenario, config).result
+    calls = []
+    real = experiments.run_upgp
+
+    def stale(sc, cfg, use_cache=True):  # a cache entry written before the counts existed
+        calls.append(use_cache)
+        run = real(sc, cfg, use_cache=use_cache)
+        if use_cache:
+            run.result.pop("triggered_predictions")
+        return run
+
+    monkeypatch.setattr(experiments, "run_upgp", stale)
+    run = experiments.upgp_with_predictions(smoke_scenario, config)
+    assert calls == [True, False] and run.result["triggered_predictions"]
+    assert run.result["after"] == first["after"]
 
 
 def test_projected_repair_leaves_the_flagged_loss_and_keeps_the_best_check(smoke_scenario):
@@ -201,3 +228,14 @@ def test_merge_logs_adds_steps_and_weights_the_cosine():
     assert m.holdout_accuracy == [0.8, 0.79, 0.8] and m.final_lr == 1e-4
     assert m.mean_abs_cosine == pytest.approx((0.2 * 15 + 0.5 * 5) / 20)
     assert merge_logs([]).stop_reason == "not run"
+
+
+def test_removal_losses_and_their_bad_name():
+    from upgp.method.unlearning import removal_loss
+    y, uniform, log4 = torch.tensor([0, 2]), torch.zeros(2, 4), math.log(4)
+    assert removal_loss(uniform, y, "max_entropy").item() == pytest.approx(log4)
+    assert removal_loss(uniform, y, "bounded").item() == pytest.approx(-math.log(0.75))
+    assert removal_loss(uniform, y, "ascent").item() == pytest.approx(-log4)
+    with pytest.raises(ValueError, match="unknown removal loss 'kl'; choose one of: ascent, "
+                                         "bounded, max_entropy"):
+        removal_loss(uniform, y, "kl")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from upgp.metrics import der, target_class_accuracy
+from upgp.metrics import der, redirection, target_class_accuracy
 
 
 class AlwaysClass(nn.Module):
@@ -30,3 +30,8 @@ def test_target_class_accuracy_splits_the_target_class_off():
 def test_der_counts_only_asr_gain_and_acc_loss():
     assert der({"acc": 90, "asr": 100}, {"acc": 80, "asr": 0}) == pytest.approx(95.0)
     assert der({"acc": 80, "asr": 10}, {"acc": 90, "asr": 20}) == pytest.approx(50.0)
+
+
+def test_redirection_names_the_largest_class_besides_the_target():
+    assert redirection([50, 10, 30, 10], target=0) == (2, pytest.approx(30.0))
+    assert redirection([5, 80, 10, 5], target=1) == (2, pytest.approx(10.0))

@@ -115,12 +115,14 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_defend(args: argparse.Namespace) -> None:
     from .defenses import defense_config, get_defense
+    from .defenses.upgp import UPGP_DEFENSES
     from .experiments import run_defense
 
     get_defense(args.defense)  # fail early on an unknown name
     settings = _parse_settings(args.set)
-    if (args.no_projection or args.repair) and args.defense != "upgp":
-        raise ValueError(f"--no-projection and --repair apply to upgp only, not {args.defense!r}")
+    if (args.no_projection or args.repair) and args.defense not in UPGP_DEFENSES:
+        raise ValueError(f"--no-projection and --repair apply to {' and '.join(UPGP_DEFENSES)} "
+                         f"only, not {args.defense!r}")
     sc = _load(args)
     config = defense_config(args.defense, sc.preset, args.seed, **settings)
     if args.repair:
@@ -132,7 +134,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
     r = run_defense(sc, args.defense, config)
     print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")
-    label = f"UPGP (projection {config.projection})" if args.defense == "upgp" else args.defense
+    label = (f"UPGP (projection {config.projection}, repair steps {config.repair_steps})"
+             if args.defense in UPGP_DEFENSES else args.defense)
     print(f"after {label}: {_fmt(r['after'])}  DER {r['der']:.2f}  wall {r['wall_seconds']:.1f} s"
           f"  (one training epoch {r['train_epoch_seconds']:.1f} s)")
     det = r.get("detection")

@@ -29,6 +29,7 @@ from .attacks import (
 )
 from .data import ImageData, load_dataset, split_reserve
 from .defenses import defend, defense_config, get_defense
+from .defenses.upgp import UPGP_DEFENSES
 from .io import cache_dir, config_hash, load_json, load_tensors, save_tensors, write_json
 from .method import (
     UPGPConfig,
@@ -45,7 +46,7 @@ from .method import (
 from .metrics import auroc, backdoor_metrics, der, detection_metrics
 from .models import create_model
 from .presets import Preset, get_preset
-from .train import BatchTransform, default_device, train
+from .train import BatchTransform, default_device, predict, train
 
 _DATA_MEMO: dict[tuple, tuple[ImageData, str]] = {}
 
@@ -94,6 +95,13 @@ class Scenario:
         return backdoor_metrics(model or self.model, self.x_test, self.y_test, self.x_triggered,
                                 self.y_triggered, self.t_triggered, self.preset.bf16,
                                 self.preset.eval_batch)
+
+    def triggered_predictions(self, model: nn.Module | None = None) -> list[int]:
+        """How many triggered test images ``model`` (default: the backdoored one) puts in each
+        class: where the images go that a defense turned away from the backdoor label."""
+        pred = predict(model or self.model, self.x_triggered, self.preset.eval_batch,
+                       self.preset.bf16)
+        return torch.bincount(pred, minlength=self.num_classes).tolist()
 
     def describe(self) -> dict[str, Any]:
         """Everything that identifies this run, for reports next to its numbers."""
@@ -168,6 +176,12 @@ def clean_reference(scenario: Scenario, data: str | Path | None = None,
     is about the most a defense can restore: full-image triggers (Blended, SIG) cost accuracy by
     themselves.
     """
+    return scenario.evaluate(clean_reference_model(scenario, data, progress))
+
+
+def clean_reference_model(scenario: Scenario, data: str | Path | None = None,
+                          progress: bool = True) -> nn.Module:
+    """The backdoor-free model of ``clean_reference`` (cached)."""
     images, fingerprint = load_data_cached(scenario.preset, data, scenario.seed)
     if fingerprint != scenario.info["data_fingerprint"]:
         raise ValueError(f"data {images.source!r} is not the copy this scenario was built from "
@@ -175,7 +189,7 @@ def clean_reference(scenario: Scenario, data: str | Path | None = None,
     train_idx, _ = split_reserve(len(images.y_train), scenario.preset.reserve_ratio, scenario.seed)
     model, _, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx], scenario.preset,
                               scenario.seed, fingerprint, images.num_classes, scenario.arch, progress)
-    return scenario.evaluate(model)
+    return model
 
 
 def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str,
@@ -297,6 +311,7 @@ def defense_result(scenario: Scenario, defense: str, config: Any, model: nn.Modu
     after = scenario.evaluate(model)
     return {"run": scenario.describe(), "defense": defense, "config": dataclasses.asdict(config),
             "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
+            "triggered_predictions": scenario.triggered_predictions(model),
             "wall_seconds": wall_seconds,
             "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
             / scenario.preset.epochs}
@@ -335,6 +350,14 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
     return run
 
 
+def upgp_with_predictions(scenario: Scenario, config: UPGPConfig | None = None) -> DefenseRun:
+    """``run_upgp``, rerun (and recached) when its cached result predates the count of the
+    defended model's predictions on the triggered test images (``triggered_predictions``)."""
+    run = run_upgp(scenario, config)
+    return run if "triggered_predictions" in run.result else run_upgp(scenario, config,
+                                                                        use_cache=False)
+
+
 def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
                        max_steps: int = 200, every: int = 10) -> list[dict[str, Any]]:
     """ACC/ASR/RA of the model along UPGP's removal loop, every ``every`` steps up to
@@ -349,9 +372,10 @@ def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
     key = config_hash(model_cache_path(scenario).name, "trajectory", config)
     path = (cache_dir() / "defenses"
             / f"trajectory-{scenario.attack.name}-{scenario.arch}-{key}.json")
+    columns = ("steps", "acc", "asr", "ra", "flagged_accuracy", "holdout_accuracy")
     cached = load_json(path)
-    if cached is not None:
-        return cached
+    if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
+        return [{k: row[k] for k in columns} for row in cached]
     rows: list[dict[str, Any]] = []
     _, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
                             (scenario.reserve_x, scenario.reserve_y), config,
@@ -376,8 +400,8 @@ def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,
     spec = get_defense(defense)
     config = config if config is not None else defense_config(defense, scenario.preset,
                                                               scenario.seed)
-    if defense == "upgp":
-        return run_upgp(scenario, config, use_cache=use_cache).result
+    if defense in UPGP_DEFENSES:  # shares run_upgp's cache (scores and flagged set kept)
+        return {**run_upgp(scenario, config, use_cache=use_cache).result, "defense": defense}
     key = config_hash(model_cache_path(scenario).name, defense, config)
     path = cache_dir() / "defenses" / f"{defense}-{scenario.attack.name}-{scenario.arch}-{key}.json"
     cached = load_json(path) if use_cache else None

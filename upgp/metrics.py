@@ -46,6 +46,17 @@ def target_class_accuracy(model: nn.Module, x_test: Tensor, y_test: Tensor, targ
             "acc_other_classes": 100 * (pred[~is_target] == y_test[~is_target]).float().mean().item()}
 
 
+def redirection(counts: list[int], target: int) -> tuple[int, float]:
+    """The class other than ``target`` that gets most triggered test images, and its share (%).
+
+    After a defense that unlearns "trigger -> target", a large share means the trigger now sends
+    images to that class instead (low ASR and low RA together); a clean model spreads them.
+    """
+    others = [(n, c) for c, n in enumerate(counts) if c != target]
+    n, c = max(others)
+    return c, 100 * n / sum(counts)
+
+
 def der(before: dict[str, float], after: dict[str, float]) -> float:
     """Defense effectiveness rating in % (BackdoorBench): (max(0, dASR) - max(0, dACC) + 1) / 2."""
     d_asr = max(0.0, before["asr"] - after["asr"]) / 100

@@ -49,7 +49,7 @@ class DefenseSpec:
 
     name: str
     run: Callable[..., tuple[nn.Module, Report]]
-    config: type
+    config: Callable[..., Any]  # a config class, or a function of its fields that builds one
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     needs_train_set: bool = False
 
@@ -57,7 +57,7 @@ class DefenseSpec:
 DEFENSES: dict[str, DefenseSpec] = {}
 
 
-def register_defense(name: str, config: type, presets: dict[str, dict[str, Any]] | None = None,
+def register_defense(name: str, config: Callable[..., Any], presets: dict[str, dict[str, Any]] | None = None,
                      needs_train_set: bool = False) -> Callable:
     """Register ``fn`` under ``name``; ``presets`` maps a preset name to config changes."""
     def wrap(fn: Callable[..., tuple[nn.Module, Report]]) -> Callable:

@@ -68,7 +68,7 @@ class UPGPConfig(Settings):
     per_class: bool = False
     # 4. removal
     projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
-    removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)) or "ascent" (-CE)
+    removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
     removal_lr: float = 1e-4
     removal_batch: int = 128
     removal_max_steps: int = 300

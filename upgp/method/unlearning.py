@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..train import accuracy, autocast, endless_batches, to_float
+from .perturbation import unlearning_loss
 from .projection import (
     PROJECTIONS,
     _dot,
@@ -29,7 +30,7 @@ from .projection import (
     project_out_subspace,
 )
 
-REMOVAL_LOSSES = ("ascent", "bounded")
+REMOVAL_LOSSES = ("ascent", "bounded", "max_entropy")
 
 
 def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
@@ -40,13 +41,15 @@ def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
     ``bounded``: -log(1 - p_y) = logsumexp(z) - logsumexp(z without y), computed stably; its
     gradient on z_y is p_y (large while the sample is still fit) and it falls to 0 as p_y -> 0,
     so it cannot diverge.
+    ``max_entropy``: CE(f(x), uniform), as in step 1 (``unlearning_loss``): pushes B's
+    predictions to uniform instead of away from y alone.
     """
-    if kind == "ascent":
-        return -F.cross_entropy(logits, y)
     if kind == "bounded":
         z = logits.float()
         others = z.scatter(1, y[:, None], float("-inf"))
         return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()
+    if kind in REMOVAL_LOSSES:
+        return unlearning_loss(logits, y, kind)
     raise ValueError(f"unknown removal loss {kind!r}; choose one of: {', '.join(REMOVAL_LOSSES)}")
 
 
