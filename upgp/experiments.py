@@ -77,7 +77,7 @@ class Scenario:
     preset: Preset
     seed: int
     data_source: str
-    num_classes: int
+    classes: tuple[str, ...]  # class names, by label
     train: PoisonedSet
     reserve_x: Tensor
     reserve_y: Tensor
@@ -89,6 +89,10 @@ class Scenario:
     model: nn.Module | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """ACC / ASR / RA (in %) of ``model`` (default: the backdoored model)."""
@@ -246,7 +250,7 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
                               preset.poison_ratio, preset.target, seed)
     x_trig, y_trig, t_trig = triggered_test_set(attack, images.x_test, images.y_test,
                                                 preset.target, images.num_classes)
-    scenario = Scenario(attack, arch, preset, seed, images.source, images.num_classes, poisoned,
+    scenario = Scenario(attack, arch, preset, seed, images.source, images.classes, poisoned,
                         images.x_train[reserve_idx], images.y_train[reserve_idx],
                         images.x_test, images.y_test, x_trig, y_trig, t_trig)
     attack_info["poisoning_seconds"] = time.perf_counter() - start
