@@ -57,7 +57,8 @@ class DefenseSpec:
 DEFENSES: dict[str, DefenseSpec] = {}
 
 
-def register_defense(name: str, config: Callable[..., Any], presets: dict[str, dict[str, Any]] | None = None,
+def register_defense(name: str, config: Callable[..., Any],
+                     presets: dict[str, dict[str, Any]] | None = None,
                      needs_train_set: bool = False) -> Callable:
     """Register ``fn`` under ``name``; ``presets`` maps a preset name to config changes."""
     def wrap(fn: Callable[..., tuple[nn.Module, Report]]) -> Callable:
