@@ -83,6 +83,7 @@ class UPGPConfig(Settings):
     repair_lr: float = 0.003
     repair_project: bool = True  # False: plain fine-tuning, same stopping rule
     repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
+    repair_trigger_share: float = 0.0  # share of each repair batch stamped with mean(B) - mean(N)
     removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
     # the reserve is split: one part makes gradients, the held-out part judges stopping
     holdout_ratio: float = 0.5
@@ -91,7 +92,8 @@ class UPGPConfig(Settings):
 
     # added after results were cached: hashed only when set, so cache keys made before hold
     HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
-        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds")
+        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
+        "repair_trigger_share")
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
@@ -228,7 +230,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         cleaned, repair = projected_repair(
             cleaned, x_fit, y_fit, x_hold, y_hold, x[idx], y[idx], config.repair_project,
             config.repair_lr, config.removal_batch, config.repair_steps, config.check_every,
-            config.repair_max_flagged_rise, config.seed + rnd, config.bf16)
+            config.repair_max_flagged_rise, config.seed + rnd, config.bf16,
+            config.repair_trigger_share)
         repairs.append(repair)
         seconds["repair"] = seconds.get("repair", 0.0) + time.perf_counter() - start
         # another round only where the held-out budget stopped removal and repair won some back

@@ -25,18 +25,38 @@ from .projection import project_out
 from .unlearning import RemovalLog, _batch_loss, _cosine, _grads
 
 
+def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor) -> Tensor:
+    """delta = mean(B) - mean(N), per pixel (uint8 units): the trigger as the defender can see it.
+
+    A trigger that adds to or blends into every poisoned image, x' = (1 - a) x + a t, gives
+    E[B] - E[N] ~ a (t - E[x]) where B's content is distributed like N's (SIG's additive signal
+    exactly, a patch or blend approximately); a warp (WaNet) leaves delta near 0.
+    """
+    return x_flagged.float().mean(0) - x_reserve.float().mean(0)
+
+
+def stamp(x: Tensor, delta: Tensor) -> Tensor:
+    """uint8 images with ``delta`` added, clamped to [0, 255]."""
+    return (x.float() + delta).clamp_(0, 255).round_().to(torch.uint8)
+
+
 def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
                      y_holdout: Tensor, x_flagged: Tensor, y_flagged: Tensor,
                      project: bool = True, lr: float = 0.003, batch_size: int = 128,
                      max_steps: int = 60, check_every: int = 10,
-                     max_flagged_rise: float = 0.05, seed: int = 0, bf16: bool = True
-                     ) -> tuple[nn.Module, RemovalLog]:
+                     max_flagged_rise: float = 0.05, seed: int = 0, bf16: bool = True,
+                     trigger_share: float = 0.0) -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` fine-tuned on the reserve (random crop + flip, plain SGD, BN in
     eval mode) along g_N projected off g_B (``project=False``: plain fine-tuning), and its log.
 
-    ``steps`` in the log is the step of the returned check; ``mean_abs_cosine`` is the mean
-    |cos(g_N, g_B)| before projection, the share of each repair step that would move B's loss.
+    ``trigger_share`` > 0: that share of each reserve batch carries ``estimated_trigger`` and
+    keeps its true label, which teaches the model to ignore the trigger rather than send it to
+    another class. ``steps`` in the log is the step of the returned check; ``mean_abs_cosine``
+    is the mean |cos(g_N, g_B)| before projection, the share of each repair step that would move
+    B's loss.
     """
+    if not 0.0 <= trigger_share <= 1.0:
+        raise ValueError(f"trigger_share {trigger_share} is outside [0, 1]")
     model = copy.deepcopy(model).eval()
     log = RemovalLog()
     if len(x_flagged) == 0:
@@ -52,10 +72,15 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     log.holdout_accuracy.append(best_holdout)
     best, log.final_flagged_accuracy = [p.detach().clone() for p in params], flagged_start
     cos_sum, cos_count = 0.0, 0
+    delta = estimated_trigger(x_flagged, x_reserve)
+    n_stamped = round(trigger_share * batch_size)
     step = 0
     while step < max_steps:
         idx = next(reserve_iter)
-        g = _grads(model, _batch_loss(model, random_crop_flip(x_reserve[idx], gen),
+        x_batch = x_reserve[idx].clone()
+        if n_stamped:
+            x_batch[:n_stamped] = stamp(x_batch[:n_stamped], delta)
+        g = _grads(model, _batch_loss(model, random_crop_flip(x_batch, gen),
                                       y_reserve[idx], None, bf16))
         if project:
             jdx = next(flagged_iter)
