@@ -178,12 +178,41 @@ def test_repair_stops_when_the_flagged_set_is_relearned(smoke_scenario):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters()))
 
 
+def test_estimated_trigger_recovers_an_additive_trigger():
+    from upgp.method.repair import estimated_trigger, stamp
+
+    gen = torch.Generator().manual_seed(0)
+    reserve = torch.randint(40, 200, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    trigger = torch.zeros(3, 8, 8)
+    trigger[:, -2:, -2:] = 50.0  # a patch that adds 50 (no clamping at these values)
+    flagged = stamp(reserve, trigger)  # B's content distributed exactly like N's
+    assert torch.allclose(estimated_trigger(flagged, reserve), trigger)
+    assert stamp(torch.full((1, 3, 2, 2), 250, dtype=torch.uint8), torch.full((3, 2, 2), 20.0)
+                 ).max() == 255  # clamped, still uint8
+
+
+def test_repair_with_the_estimated_trigger_moves_the_model_differently(smoke_scenario):
+    from upgp.method import projected_repair
+
+    sc = smoke_scenario
+    x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
+    common = dict(lr=0.01, max_steps=4, check_every=4, max_flagged_rise=1.0, bf16=False)
+    args = (sc.model, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y, x_f, y_f)
+    plain, _ = projected_repair(*args, **common)
+    stamped, log = projected_repair(*args, trigger_share=0.5, **common)
+    assert log.steps_taken == 4
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), stamped.parameters()))
+    with pytest.raises(ValueError, match="trigger_share 1.5 is outside"):
+        projected_repair(*args, trigger_share=1.5, **common)
+
+
 def test_repair_fields_keep_old_cache_keys_until_set():
     from upgp.io import config_hash
 
     base = UPGPConfig()
     assert config_hash(base) != config_hash(base.replace(repair_steps=10))
     assert config_hash(base) != config_hash(base.replace(repair_lr=0.01))
+    assert config_hash(base) != config_hash(base.replace(repair_trigger_share=0.5))
     fields = dataclasses.asdict(base)
     old = {k: v for k, v in fields.items() if k not in UPGPConfig.HASHED_ONLY_WHEN_SET}
     assert config_hash(base) == config_hash(old)  # what the key was before the fields existed
