@@ -72,13 +72,13 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     log.holdout_accuracy.append(best_holdout)
     best, log.final_flagged_accuracy = [p.detach().clone() for p in params], flagged_start
     cos_sum, cos_count = 0.0, 0
-    delta = estimated_trigger(x_flagged, x_reserve)
     n_stamped = round(trigger_share * batch_size)
+    delta = estimated_trigger(x_flagged, x_reserve) if n_stamped else None
     step = 0
     while step < max_steps:
         idx = next(reserve_iter)
-        x_batch = x_reserve[idx].clone()
-        if n_stamped:
+        x_batch = x_reserve[idx]  # a copy (index tensor): stamping leaves the reserve as it is
+        if delta is not None:
             x_batch[:n_stamped] = stamp(x_batch[:n_stamped], delta)
         g = _grads(model, _batch_loss(model, random_crop_flip(x_batch, gen),
                                       y_reserve[idx], None, bf16))
