@@ -92,6 +92,11 @@ def test_configs_scale_per_preset_and_reject_bad_fields():
     assert (defense_config("upgp_repair", cpu, seed=2)
             == UPGPConfig(seed=2, bf16=cpu.bf16).with_repair(60, 3))
     assert defense_config("upgp_repair", cpu, repair_steps=7).repair_steps == 7
+    trig = defense_config("upgp_trigger_repair", cpu, seed=2)  # the same, stamping half a batch
+    assert trig == UPGPConfig(seed=2, bf16=cpu.bf16).with_repair(60, 3).replace(
+        repair_trigger_share=0.5)
+    assert defense_config("upgp_trigger_repair", cpu,
+                          repair_trigger_share=0.25).repair_trigger_share == 0.25
 
 
 def test_abl_requires_the_training_set(smoke_scenario):

@@ -121,7 +121,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
     get_defense(args.defense)  # fail early on an unknown name
     settings = _parse_settings(args.set)
     if (args.no_projection or args.repair) and args.defense not in UPGP_DEFENSES:
-        raise ValueError(f"--no-projection and --repair apply to {' and '.join(UPGP_DEFENSES)} "
+        raise ValueError(f"--no-projection and --repair apply to {', '.join(UPGP_DEFENSES)} "
                          f"only, not {args.defense!r}")
     sc = _load(args)
     config = defense_config(args.defense, sc.preset, args.seed, **settings)
@@ -134,7 +134,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
     r = run_defense(sc, args.defense, config)
     print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")
-    label = (f"UPGP (projection {config.projection}, repair steps {config.repair_steps})"
+    label = (f"UPGP (projection {config.projection}, repair steps {config.repair_steps}, "
+             f"trigger share {config.repair_trigger_share})"
              if args.defense in UPGP_DEFENSES else args.defense)
     print(f"after {label}: {_fmt(r['after'])}  DER {r['der']:.2f}  wall {r['wall_seconds']:.1f} s"
           f"  (one training epoch {r['train_epoch_seconds']:.1f} s)")

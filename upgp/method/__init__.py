@@ -100,7 +100,9 @@ class UPGPConfig(Settings):
 
         The repair may raise the flagged set's accuracy by ``repair_max_flagged_rise``, so removal
         aims that much lower: target_removal = stop_flagged_accuracy - repair_max_flagged_rise,
-        and the repaired model is held to the four-step target.
+        and a round whose removal reaches its target ends at or under the four-step target.
+        Where the held-out budget stops removal in the last round first, the end may sit up to
+        the allowed rise above where removal stopped (``flagged_accuracy_after`` reports it).
         """
         if self.repair_steps:
             raise ValueError(f"with_repair on a config that already repairs "
