@@ -101,8 +101,8 @@ class UPGPConfig(Settings):
         The repair may raise the flagged set's accuracy by ``repair_max_flagged_rise``, so removal
         aims that much lower: target_removal = stop_flagged_accuracy - repair_max_flagged_rise,
         and a round whose removal reaches its target ends at or under the four-step target.
-        Where the held-out budget stops removal in the last round first, the end may sit up to
-        the allowed rise above where removal stopped (``flagged_accuracy_after`` reports it).
+        Where the last round's removal stops above its target (held-out or step budget), the end
+        may sit up to the allowed rise above where removal stopped (``flagged_accuracy_after``).
         """
         if self.repair_steps:
             raise ValueError(f"with_repair on a config that already repairs "
