@@ -114,8 +114,10 @@ def test_clean_reference_has_no_backdoor(smoke_scenario):
     assert set(clean) == {"acc", "asr", "ra"}
     assert clean["asr"] < sc.metrics["asr"] - 50 and clean["ra"] > sc.metrics["ra"] + 50
     assert clean_reference(sc, progress=False) == clean  # the clean model is cached
-    counts = sc.triggered_predictions(clean_reference_model(sc, progress=False))
+    model = clean_reference_model(sc, progress=False)
+    counts = sc.triggered_predictions(model)
     assert sum(counts) == len(sc.y_triggered) and len(counts) == sc.num_classes
+    assert sc.evaluate_with_counts(model) == (clean, counts)  # one pass serves both
 
 
 def test_upgp_with_predictions_reruns_a_run_cached_without_them(smoke_scenario, monkeypatch):

@@ -35,3 +35,14 @@ def test_der_counts_only_asr_gain_and_acc_loss():
 def test_redirection_names_the_largest_class_besides_the_target():
     assert redirection([50, 10, 30, 10], target=0) == (2, pytest.approx(30.0))
     assert redirection([5, 80, 10, 5], target=1) == (2, pytest.approx(10.0))
+
+
+def test_backdoor_rates_and_metrics_agree_on_hand_made_predictions():
+    from upgp.metrics import backdoor_metrics, backdoor_rates
+
+    y_test, y_trig = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2, 1, 2])
+    rates = backdoor_rates(torch.tensor([0, 1, 0, 2]), y_test, torch.tensor([0, 2, 0, 0]), y_trig, 0)
+    assert rates == pytest.approx({"acc": 75.0, "asr": 75.0, "ra": 25.0})
+    x = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
+    assert backdoor_metrics(AlwaysClass(2), x, y_test, x, y_trig, 0, bf16=False) == pytest.approx(
+        {"acc": 50.0, "asr": 0.0, "ra": 50.0})

@@ -43,7 +43,7 @@ from .method import (
     subsample_reserve,
     upgp_defend,
 )
-from .metrics import auroc, backdoor_metrics, der, detection_metrics
+from .metrics import auroc, backdoor_rates, der, detection_metrics
 from .models import create_model
 from .presets import Preset, get_preset
 from .train import BatchTransform, default_device, predict, train
@@ -96,9 +96,7 @@ class Scenario:
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """ACC / ASR / RA (in %) of ``model`` (default: the backdoored model)."""
-        return backdoor_metrics(model or self.model, self.x_test, self.y_test, self.x_triggered,
-                                self.y_triggered, self.t_triggered, self.preset.bf16,
-                                self.preset.eval_batch)
+        return self.evaluate_with_counts(model)[0]
 
     def triggered_predictions(self, model: nn.Module | None = None) -> list[int]:
         """How many triggered test images ``model`` (default: the backdoored one) puts in each
@@ -106,6 +104,15 @@ class Scenario:
         pred = predict(model or self.model, self.x_triggered, self.preset.eval_batch,
                        self.preset.bf16)
         return torch.bincount(pred, minlength=self.num_classes).tolist()
+
+    def evaluate_with_counts(self, model: nn.Module | None = None
+                             ) -> tuple[dict[str, float], list[int]]:
+        """``evaluate`` and ``triggered_predictions`` from one pass over each test set."""
+        model = model or self.model
+        trig = predict(model, self.x_triggered, self.preset.eval_batch, self.preset.bf16)
+        pred = predict(model, self.x_test, self.preset.eval_batch, self.preset.bf16)
+        return (backdoor_rates(pred, self.y_test, trig, self.y_triggered, self.t_triggered),
+                torch.bincount(trig, minlength=self.num_classes).tolist())
 
     def describe(self) -> dict[str, Any]:
         """Everything that identifies this run, for reports next to its numbers."""
@@ -312,10 +319,10 @@ def defense_result(scenario: Scenario, defense: str, config: Any, model: nn.Modu
                    wall_seconds: float) -> dict[str, Any]:
     """The evaluation row every defense run gets: the run, its config, ACC/ASR/RA before and
     after, DER, wall time and one training epoch's time (for scale)."""
-    after = scenario.evaluate(model)
+    after, counts = scenario.evaluate_with_counts(model)
     return {"run": scenario.describe(), "defense": defense, "config": dataclasses.asdict(config),
             "before": scenario.metrics, "after": after, "der": der(scenario.metrics, after),
-            "triggered_predictions": scenario.triggered_predictions(model),
+            "triggered_predictions": counts,
             "wall_seconds": wall_seconds,
             "train_epoch_seconds": scenario.info.get("train_seconds", float("nan"))
             / scenario.preset.epochs}

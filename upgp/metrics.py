@@ -23,12 +23,17 @@ def backdoor_metrics(model: nn.Module, x_test: Tensor, y_test: Tensor, x_trigger
 
     ``target``: the backdoor label, one for all or one per triggered image.
     """
-    clean = predict(model, x_test, batch_size, bf16)
-    trig = predict(model, x_triggered, batch_size, bf16)
+    return backdoor_rates(predict(model, x_test, batch_size, bf16), y_test,
+                          predict(model, x_triggered, batch_size, bf16), y_triggered, target)
+
+
+def backdoor_rates(clean_pred: Tensor, y_test: Tensor, triggered_pred: Tensor,
+                   y_triggered: Tensor, target: int | Tensor) -> dict[str, float]:
+    """ACC, ASR and RA (in %) from predicted labels (see ``backdoor_metrics``)."""
     return {
-        "acc": 100 * (clean == y_test).float().mean().item(),
-        "asr": 100 * (trig == target).float().mean().item(),
-        "ra": 100 * (trig == y_triggered).float().mean().item(),
+        "acc": 100 * (clean_pred == y_test).float().mean().item(),
+        "asr": 100 * (triggered_pred == target).float().mean().item(),
+        "ra": 100 * (triggered_pred == y_triggered).float().mean().item(),
     }
 
 
