@@ -38,6 +38,8 @@ def test_bad_input_is_one_line(argv, message, capsys):
     (["defend", "--defense", "upgp_repair", "--repair", "5"],
      "with_repair on a config that already repairs (repair_steps 60)"),
     (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
+    (["defend", "--defense", "upgp_trigger_repair", "--set", "repair_select=best"],
+     "unknown repair selection 'best'; choose one of: holdout, stamped"),
     (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
     (["train", "--attack", "bpp", "--attack-param", "cros_ratio=0"],
      "unknown parameter(s) cros_ratio for attack 'bpp'; allowed: squeeze_num, dithering, cross_ratio"),

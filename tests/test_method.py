@@ -208,6 +208,29 @@ def test_repair_with_the_estimated_trigger_moves_the_model_differently(smoke_sce
         projected_repair(*args, trigger_share=1.5, **common)
 
 
+def test_stamped_selection_keeps_the_check_with_the_best_mean_of_both_holdouts(smoke_scenario):
+    from upgp.method import projected_repair
+    from upgp.method.repair import estimated_trigger, stamp
+    from upgp.train import accuracy
+
+    sc = smoke_scenario
+    x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
+    args = (sc.model, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y, x_f, y_f)
+    model, log = projected_repair(*args, lr=0.01, max_steps=6, check_every=2,
+                                  max_flagged_rise=1.0, bf16=False, trigger_share=0.5,
+                                  select="stamped")
+    assert len(log.stamped_accuracy) == len(log.holdout_accuracy) == 4  # step 0 and 3 checks
+    merits = [(h + s) / 2 for h, s in zip(log.holdout_accuracy, log.stamped_accuracy)]
+    kept = max(i for i, m in enumerate(merits) if m == max(merits))  # the latest on ties
+    assert log.steps == 2 * kept
+    x_stamped = stamp(sc.reserve_x, estimated_trigger(x_f, sc.reserve_x))
+    assert log.final_stamped_accuracy == accuracy(model, x_stamped, sc.reserve_y, bf16=False)
+    assert log.final_stamped_accuracy == log.stamped_accuracy[kept]
+    with pytest.raises(ValueError, match="unknown repair selection 'best'; choose one of: "
+                                         "holdout, stamped"):
+        projected_repair(*args, max_steps=2, select="best")
+
+
 def test_repair_fields_keep_old_cache_keys_until_set():
     from upgp.io import config_hash
 
@@ -215,6 +238,7 @@ def test_repair_fields_keep_old_cache_keys_until_set():
     assert config_hash(base) != config_hash(base.replace(repair_steps=10))
     assert config_hash(base) != config_hash(base.replace(repair_lr=0.01))
     assert config_hash(base) != config_hash(base.replace(repair_trigger_share=0.5))
+    assert config_hash(base) != config_hash(base.replace(repair_select="stamped"))
     fields = dataclasses.asdict(base)
     old = {k: v for k, v in fields.items() if k not in UPGPConfig.HASHED_ONLY_WHEN_SET}
     assert config_hash(base) == config_hash(old)  # what the key was before the fields existed

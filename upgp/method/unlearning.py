@@ -64,6 +64,8 @@ class RemovalLog:
     mean_abs_cosine: float = 0.0  # mean |cos(g_u, n)| before projection
     steps_taken: int = 0  # every step computed, undone or kept
     final_flagged_accuracy: float = float("nan")  # the flagged set's, for the returned model
+    stamped_accuracy: list[float] = field(default_factory=list)  # repair, select="stamped"
+    final_stamped_accuracy: float = float("nan")  # that, for the returned model
 
 
 def merge_logs(logs: list[RemovalLog]) -> RemovalLog:
@@ -79,7 +81,9 @@ def merge_logs(logs: list[RemovalLog]) -> RemovalLog:
         flagged_accuracy=[a for log in logs for a in log.flagged_accuracy],
         holdout_accuracy=[a for log in logs for a in log.holdout_accuracy],
         mean_abs_cosine=sum(log.mean_abs_cosine * log.steps_taken for log in logs) / max(1, taken),
-        steps_taken=taken, final_flagged_accuracy=logs[-1].final_flagged_accuracy)
+        steps_taken=taken, final_flagged_accuracy=logs[-1].final_flagged_accuracy,
+        stamped_accuracy=[a for log in logs for a in log.stamped_accuracy],
+        final_stamped_accuracy=logs[-1].final_stamped_accuracy)
 
 
 def _grads(model: nn.Module, loss: Tensor) -> list[Tensor]:
