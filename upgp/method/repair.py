@@ -99,10 +99,8 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     flagged_start = accuracy(model, x_flagged, y_flagged, bf16=bf16)
     log.flagged_accuracy.append(flagged_start)
     log.holdout_accuracy.append(accuracy(model, x_holdout, y_holdout, bf16=bf16))
-    best_merit = merit(log.holdout_accuracy[-1])
-    best, log.final_flagged_accuracy = [p.detach().clone() for p in params], flagged_start
-    if log.stamped_accuracy:
-        log.final_stamped_accuracy = log.stamped_accuracy[-1]
+    best_merit, kept = merit(log.holdout_accuracy[-1]), 0  # kept: index of the best check
+    best = [p.detach().clone() for p in params]
     cos_sum, cos_count = 0.0, 0
     step = 0
     while step < max_steps:
@@ -132,14 +130,15 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
             log.holdout_accuracy.append(holdout)
             if (score := merit(holdout)) >= best_merit:  # ties: the more repaired model
                 best, best_merit, log.steps = [p.detach().clone() for p in params], score, step
-                log.final_flagged_accuracy = flagged
-                if log.stamped_accuracy:
-                    log.final_stamped_accuracy = log.stamped_accuracy[-1]
+                kept = len(log.holdout_accuracy) - 1
     else:
         log.stop_reason = "step budget"
     with torch.no_grad():
         for p, b in zip(params, best):
             p.copy_(b)
+    log.final_flagged_accuracy = log.flagged_accuracy[kept]
+    if log.stamped_accuracy:
+        log.final_stamped_accuracy = log.stamped_accuracy[kept]
     log.mean_abs_cosine = cos_sum / max(1, cos_count)
     log.final_lr = lr
     return model, log
