@@ -40,6 +40,8 @@ def test_bad_input_is_one_line(argv, message, capsys):
     (["defend", "--defense", "ft", "--set", "epoch=3"], "unknown FTConfig field(s) ['epoch']"),
     (["defend", "--defense", "upgp_trigger_repair", "--set", "repair_select=best"],
      "unknown repair selection 'best'; choose one of: holdout, stamped"),
+    (["defend", "--defense", "upgp_trigger_repair", "--set", "repair_trigger=warp"],
+     "unknown trigger form 'warp'; choose one of: shift, affine"),
     (["train", "--attack", "sig", "--label-mode", "all2all"], "needs a dirty-label attack"),
     (["train", "--attack", "bpp", "--attack-param", "cros_ratio=0"],
      "unknown parameter(s) cros_ratio for attack 'bpp'; allowed: squeeze_num, dithering, cross_ratio"),

@@ -187,10 +187,34 @@ def test_estimated_trigger_recovers_an_additive_trigger():
     reserve = torch.randint(40, 200, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
     trigger = torch.zeros(3, 8, 8)
     trigger[:, -2:, -2:] = 50.0  # a patch that adds 50 (no clamping at these values)
-    flagged = stamp(reserve, trigger)  # B's content distributed exactly like N's
-    assert torch.allclose(estimated_trigger(flagged, reserve), trigger)
-    assert stamp(torch.full((1, 3, 2, 2), 250, dtype=torch.uint8), torch.full((3, 2, 2), 20.0)
-                 ).max() == 255  # clamped, still uint8
+    flagged = stamp(reserve, (torch.ones(3, 8, 8), trigger))  # B's content distributed like N's
+    scale, shift = estimated_trigger(flagged, reserve)
+    assert torch.equal(scale, torch.ones(3, 8, 8)) and torch.allclose(shift, trigger)
+    affine_scale, affine_shift = estimated_trigger(flagged, reserve, "affine")
+    assert torch.allclose(affine_scale, scale) and torch.allclose(affine_shift, trigger, atol=1e-3)
+    assert stamp(torch.full((1, 3, 2, 2), 250, dtype=torch.uint8),
+                 (torch.ones(3, 2, 2), torch.full((3, 2, 2), 20.0))).max() == 255  # clamped
+    with pytest.raises(ValueError, match="unknown trigger form 'warp'; choose one of: "
+                                         "shift, affine"):
+        estimated_trigger(flagged, reserve, "warp")
+
+
+def test_affine_trigger_recovers_a_blend_where_the_shift_cannot():
+    """x' = 0.8 x + 0.2 t (Blended's alpha): the affine estimate gives s ~ 0.8 and c ~ 0.2 t, and
+    its stamp reproduces the poisons to within rounding; the shift stamp keeps x's full contrast."""
+    from upgp.method.repair import estimated_trigger, stamp
+
+    gen = torch.Generator().manual_seed(0)
+    reserve = torch.randint(0, 256, (4000, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    pattern = torch.randint(0, 256, (3, 4, 4), generator=gen).float()
+    poisons = torch.randint(0, 256, (4000, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    flagged = (0.8 * poisons.float() + 0.2 * pattern).round().to(torch.uint8)
+    scale, shift = estimated_trigger(flagged, reserve, "affine")
+    assert (scale - 0.8).abs().max() < 0.03 and (shift - 0.2 * pattern).abs().max() < 6
+    target = (0.8 * reserve.float() + 0.2 * pattern)
+    affine_error = (stamp(reserve, (scale, shift)).float() - target).abs().mean()
+    shift_error = (stamp(reserve, estimated_trigger(flagged, reserve)).float() - target).abs().mean()
+    assert affine_error < 3 < 10 < shift_error
 
 
 def test_repair_with_the_estimated_trigger_moves_the_model_differently(smoke_scenario):
@@ -226,6 +250,13 @@ def test_stamped_selection_keeps_the_check_with_the_best_mean_of_both_holdouts(s
     x_stamped = stamp(sc.reserve_x, estimated_trigger(x_f, sc.reserve_x))
     assert log.final_stamped_accuracy == accuracy(model, x_stamped, sc.reserve_y, bf16=False)
     assert log.final_stamped_accuracy == log.stamped_accuracy[kept]
+    # with trigger="affine", the stamped accuracy is measured on the affine stamp
+    affine_model, affine = projected_repair(*args, lr=0.01, max_steps=6, check_every=2,
+                                            max_flagged_rise=1.0, bf16=False, trigger_share=0.5,
+                                            select="stamped", trigger="affine")
+    x_affine = stamp(sc.reserve_x, estimated_trigger(x_f, sc.reserve_x, "affine"))
+    assert affine.final_stamped_accuracy == accuracy(affine_model, x_affine, sc.reserve_y,
+                                                     bf16=False)
     with pytest.raises(ValueError, match="unknown repair selection 'best'; choose one of: "
                                          "holdout, stamped"):
         projected_repair(*args, max_steps=2, select="best")
@@ -239,6 +270,7 @@ def test_repair_fields_keep_old_cache_keys_until_set():
     assert config_hash(base) != config_hash(base.replace(repair_lr=0.01))
     assert config_hash(base) != config_hash(base.replace(repair_trigger_share=0.5))
     assert config_hash(base) != config_hash(base.replace(repair_select="stamped"))
+    assert config_hash(base) != config_hash(base.replace(repair_trigger="affine"))
     fields = dataclasses.asdict(base)
     old = {k: v for k, v in fields.items() if k not in UPGPConfig.HASHED_ONLY_WHEN_SET}
     assert config_hash(base) == config_hash(old)  # what the key was before the fields existed

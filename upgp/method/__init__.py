@@ -35,7 +35,7 @@ from .projection import (
     project_out_per_layer,
     project_out_subspace,
 )
-from .repair import check_selection, projected_repair
+from .repair import check_repair_options, projected_repair
 from .sensitivity import (
     first_order_loss_change,
     flat_delta,
@@ -85,6 +85,7 @@ class UPGPConfig(Settings):
     repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
     repair_trigger_share: float = 0.0  # share of each repair batch stamped with mean(B) - mean(N)
     repair_select: str = "holdout"  # check kept: "holdout" or "stamped" (+ stamped held-out acc)
+    repair_trigger: str = "shift"  # form of the stamped trigger: "shift" x + c or "affine" s x + c
     removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
     # the reserve is split: one part makes gradients, the held-out part judges stopping
     holdout_ratio: float = 0.5
@@ -94,7 +95,7 @@ class UPGPConfig(Settings):
     # added after results were cached: hashed only when set, so cache keys made before hold
     HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
         "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
-        "repair_trigger_share", "repair_select")
+        "repair_trigger_share", "repair_select", "repair_trigger")
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
@@ -196,7 +197,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     if config.removal_rounds < 1 or config.repair_steps < 0:
         raise ValueError(f"removal_rounds {config.removal_rounds} / repair_steps "
                          f"{config.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
-    check_selection(config.repair_select)
+    check_repair_options(config.repair_select, config.repair_trigger)
     x, y = train_set
     x_fit, y_fit, x_hold, y_hold = split_holdout(*reserve, config.holdout_ratio, config.seed)
     seconds: dict[str, float] = {}
@@ -237,7 +238,7 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
             cleaned, x_fit, y_fit, x_hold, y_hold, x[idx], y[idx], config.repair_project,
             config.repair_lr, config.removal_batch, config.repair_steps, config.check_every,
             config.repair_max_flagged_rise, config.seed + rnd, config.bf16,
-            config.repair_trigger_share, config.repair_select)
+            config.repair_trigger_share, config.repair_select, config.repair_trigger)
         repairs.append(repair)
         seconds["repair"] = seconds.get("repair", 0.0) + time.perf_counter() - start
         # another round only where the held-out budget stopped removal and repair won some back

@@ -14,8 +14,12 @@ unrepaired model, included), judged by ``select``:
 
 - ``holdout``: accuracy on the held-out reserve;
 - ``stamped``: the mean of that and the held-out reserve's accuracy with ``estimated_trigger``
-  added (true labels), a reserve-side estimate of RA, so a repair that makes the model ignore
-  the trigger is kept even where it costs a little clean held-out accuracy.
+  stamped on (true labels), a reserve-side estimate of RA, so a repair that makes the model
+  ignore the trigger is kept even where it costs a little clean held-out accuracy.
+
+The trigger is estimated per pixel from the flagged set B and the reserve N in one of two forms
+(``trigger``): ``shift``, x -> x + (mean(B) - mean(N)), or ``affine``, x -> s x + c, which also
+matches B's spread and so recovers a blend's loss of contrast.
 """
 
 from __future__ import annotations
@@ -30,28 +34,45 @@ from .projection import project_out
 from .unlearning import RemovalLog, _batch_loss, _cosine, _grads
 
 REPAIR_SELECTIONS = ("holdout", "stamped")
+TRIGGER_FORMS = ("shift", "affine")
 
 
-def check_selection(select: str) -> None:
-    """Raise a one-line error unless ``select`` is one of REPAIR_SELECTIONS."""
-    if select not in REPAIR_SELECTIONS:
-        raise ValueError(f"unknown repair selection {select!r}; choose one of: "
-                         f"{', '.join(REPAIR_SELECTIONS)}")
+def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
 
 
-def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor) -> Tensor:
-    """delta = mean(B) - mean(N), per pixel (uint8 units): the trigger as the defender can see it.
+def check_repair_options(select: str, trigger: str = "shift") -> None:
+    """Raise a one-line error unless ``select`` is in REPAIR_SELECTIONS and ``trigger`` in
+    TRIGGER_FORMS."""
+    _check("repair selection", select, REPAIR_SELECTIONS)
+    _check("trigger form", trigger, TRIGGER_FORMS)
 
-    A trigger that adds to or blends into every poisoned image, x' = (1 - a) x + a t, gives
-    E[B] - E[N] ~ a (t - E[x]) where B's content is distributed like N's (SIG's additive signal
-    exactly, a patch or blend approximately); a warp (WaNet) leaves delta near 0.
+
+def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor, form: str = "shift"
+                      ) -> tuple[Tensor, Tensor]:
+    """(s, c), per pixel: stamping x -> s x + c makes the reserve's images look like B's.
+
+    ``shift``: s = 1, c = mean(B) - mean(N) (uint8 units). A trigger that adds to or blends into
+    every poisoned image, x' = (1 - a) x + a t, gives c ~ a (t - E[x]) where B's content is
+    distributed like N's (SIG's additive signal exactly, a patch or blend approximately); a warp
+    (WaNet) leaves c near 0.
+    ``affine``: s = clip(std(B) / std(N), 0, 1), c = mean(B) - s mean(N): the map that matches
+    B's per-pixel mean and spread. A blend gives s ~ 1 - a and c ~ a t, a patch s ~ 0 and c ~ t
+    inside it, an additive trigger s ~ 1 and the ``shift`` estimate.
     """
-    return x_flagged.float().mean(0) - x_reserve.float().mean(0)
+    _check("trigger form", form, TRIGGER_FORMS)
+    b, n = x_flagged.float(), x_reserve.float()
+    if form == "shift":
+        return torch.ones_like(b[0]), b.mean(0) - n.mean(0)
+    scale = (b.std(0) / n.std(0).clamp_min(1e-3)).clamp_(0, 1)
+    return scale, b.mean(0) - scale * n.mean(0)
 
 
-def stamp(x: Tensor, delta: Tensor) -> Tensor:
-    """uint8 images with ``delta`` added, clamped to [0, 255]."""
-    return (x.float() + delta).clamp_(0, 255).round_().to(torch.uint8)
+def stamp(x: Tensor, trigger: tuple[Tensor, Tensor]) -> Tensor:
+    """uint8 images mapped by ``trigger`` = (s, c): s x + c, clamped to [0, 255]."""
+    scale, shift = trigger
+    return (x.float() * scale + shift).clamp_(0, 255).round_().to(torch.uint8)
 
 
 def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
@@ -59,21 +80,22 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
                      project: bool = True, lr: float = 0.003, batch_size: int = 128,
                      max_steps: int = 60, check_every: int = 10,
                      max_flagged_rise: float = 0.05, seed: int = 0, bf16: bool = True,
-                     trigger_share: float = 0.0, select: str = "holdout"
-                     ) -> tuple[nn.Module, RemovalLog]:
+                     trigger_share: float = 0.0, select: str = "holdout",
+                     trigger: str = "shift") -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` fine-tuned on the reserve (random crop + flip, plain SGD, BN in
     eval mode) along g_N projected off g_B (``project=False``: plain fine-tuning), and its log.
 
-    ``trigger_share`` > 0: that share of each reserve batch carries ``estimated_trigger`` and
-    keeps its true label, which teaches the model to ignore the trigger rather than send it to
-    another class. ``select`` picks the check to return (module docstring). ``steps`` in the log
-    is the step of the returned check; ``mean_abs_cosine`` is the mean |cos(g_N, g_B)| before
-    projection, the share of each repair step that would move B's loss; ``stamped_accuracy``
-    (``select="stamped"``) is the stamped held-out accuracy at each check.
+    ``trigger_share`` > 0: that share of each reserve batch carries ``estimated_trigger`` (in
+    the form ``trigger``) and keeps its true label, which teaches the model to ignore the trigger
+    rather than send it to another class. ``select`` picks the check to return (module
+    docstring). ``steps`` in the log is the step of the returned check; ``mean_abs_cosine`` is
+    the mean |cos(g_N, g_B)| before projection, the share of each repair step that would move
+    B's loss; ``stamped_accuracy`` (``select="stamped"``) is the stamped held-out accuracy at
+    each check.
     """
     if not 0.0 <= trigger_share <= 1.0:
         raise ValueError(f"trigger_share {trigger_share} is outside [0, 1]")
-    check_selection(select)
+    check_repair_options(select, trigger)
     model = copy.deepcopy(model).eval()
     log = RemovalLog()
     if len(x_flagged) == 0:
@@ -84,10 +106,10 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     reserve_iter = endless_batches(len(x_reserve), batch_size, gen, drop_last=True)
     flagged_iter = endless_batches(len(x_flagged), batch_size, gen)
     n_stamped = round(trigger_share * batch_size)
-    delta = (estimated_trigger(x_flagged, x_reserve) if n_stamped or select == "stamped"
-             else None)
-    x_holdout_stamped = (stamp(x_holdout, delta) if delta is not None and select == "stamped"
-                         else None)
+    estimate = (estimated_trigger(x_flagged, x_reserve, trigger)
+                if n_stamped or select == "stamped" else None)
+    x_holdout_stamped = (stamp(x_holdout, estimate)
+                         if estimate is not None and select == "stamped" else None)
 
     def merit(holdout: float) -> float:
         """What a check is judged by: held-out accuracy, or its mean with the stamped one's."""
@@ -106,8 +128,8 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     while step < max_steps:
         idx = next(reserve_iter)
         x_batch = x_reserve[idx]  # a copy (index tensor): stamping leaves the reserve as it is
-        if delta is not None and n_stamped:
-            x_batch[:n_stamped] = stamp(x_batch[:n_stamped], delta)
+        if estimate is not None and n_stamped:
+            x_batch[:n_stamped] = stamp(x_batch[:n_stamped], estimate)
         g = _grads(model, _batch_loss(model, random_crop_flip(x_batch, gen),
                                       y_reserve[idx], None, bf16))
         if project:
