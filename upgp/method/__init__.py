@@ -83,7 +83,7 @@ class UPGPConfig(Settings):
     repair_lr: float = 0.003
     repair_project: bool = True  # False: plain fine-tuning, same stopping rule
     repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
-    repair_trigger_share: float = 0.0  # share of each repair batch stamped with mean(B) - mean(N)
+    repair_trigger_share: float = 0.0  # share of each repair batch stamped with the trigger estimate
     repair_select: str = "holdout"  # check kept: "holdout" or "stamped" (+ stamped held-out acc)
     repair_trigger: str = "shift"  # form of the stamped trigger: "shift" x + c or "affine" s x + c
     removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
