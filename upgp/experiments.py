@@ -46,6 +46,7 @@ from .method import (
 from .metrics import auroc, backdoor_rates, der, detection_metrics
 from .models import create_model
 from .presets import Preset, get_preset
+from .reemergence import RetuneConfig, retune, retuning_set
 from .train import BatchTransform, default_device, predict, train
 
 _DATA_MEMO: dict[tuple, tuple[ImageData, str]] = {}
@@ -485,3 +486,41 @@ def learning_dynamics(scenario: Scenario, n_samples: int = 256,
         out[f"predicted {name}"] = dots[:, 1 + i]
         out[f"measured {name}"] = loss_after - loss_before
     return out
+
+
+REEMERGENCE_REFERENCES = ("backdoored", "clean model")  # probed models that are no defense's
+
+
+def reemergence(scenario: Scenario, model: str, probe: RetuneConfig,
+                config: Any = None, data: str | Path | None = None) -> list[dict[str, float]]:
+    """ACC/ASR/RA along the re-emergence probe (``upgp.reemergence.retune``) of one model of the
+    scenario: ``backdoored``, ``clean model`` (``clean_reference_model``) or the output of the
+    registered defense ``model`` (``config``: default, the preset's).
+
+    Cached as JSON under the backdoored model, the probed model and its config, and the probe's
+    settings. Defended weights are not cached: on a miss the defense runs again.
+    """
+    if model not in REEMERGENCE_REFERENCES:
+        get_defense(model)  # a one-line error for an unknown name
+        config = config if config is not None else defense_config(model, scenario.preset,
+                                                                  scenario.seed)
+    key = config_hash(model_cache_path(scenario).name, "reemergence", model, config, probe)
+    path = (cache_dir() / "defenses"
+            / f"reemergence-{scenario.attack.name}-{scenario.arch}-{key}.json")
+    cached = load_json(path)
+    if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
+        return [{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in cached]
+    if model == "backdoored":
+        probed = scenario.model
+    elif model == "clean model":
+        probed = clean_reference_model(scenario, data, progress=False)
+    else:
+        train_set = (scenario.train.x, scenario.train.y) if get_defense(model).needs_train_set \
+            else None
+        probed, _ = defend(model, scenario.model, (scenario.reserve_x, scenario.reserve_y),
+                           config, train_set)
+    retuning = retuning_set(scenario.attack, scenario.reserve_x, scenario.reserve_y,
+                            probe.poisons, scenario.preset.target, probe.seed)
+    rows = retune(probed, retuning, scenario.attack, probe, scenario.evaluate)
+    write_json(path, rows)
+    return rows

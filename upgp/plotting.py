@@ -7,6 +7,7 @@ a figure cited out of context still says where it came from. Figures go to ``$UP
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Sequence
@@ -182,4 +183,27 @@ def metric_curves(curves: Sequence[tuple[str, Sequence[float], dict[str, Sequenc
         ax.set_title(m.upper() + " (%)")
     if len(curves) > 1:
         np.atleast_1d(axes)[0].legend()
+    return fig
+
+
+def curve_grid(table: Any, x: str, y: str, rows: str, cols: str, hue: str) -> Figure:
+    """One panel per (``rows``, ``cols``) value pair of a tidy table, one line per ``hue`` value:
+    ``y`` (in %) against ``x`` (e.g. ASR along the re-emergence probe, per probe and attack)."""
+    use_style()
+    row_values, col_values = table[rows].unique(), table[cols].unique()
+    fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, sharex=True,
+                             sharey=True, figsize=(2.3 * len(col_values) + 0.6,
+                                                   2.1 * len(row_values) + 0.4))
+    for (i, r), (j, c) in itertools.product(enumerate(row_values), enumerate(col_values)):
+        ax = axes[i, j]
+        cell = table[(table[rows] == r) & (table[cols] == c)]
+        for label, line in cell.groupby(hue, sort=False):
+            ax.plot(line[x], line[y], marker="o", ms=2.5, label=label)
+        ax.set_ylim(-3, 103)
+        ax.set_title(f"{c}, {r}", fontsize=8)
+        if i == len(row_values) - 1:
+            ax.set_xlabel(x)
+        if j == 0:
+            ax.set_ylabel(y.upper() + " (%)")
+    axes[0, 0].legend(fontsize=6)
     return fig
