@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .io import cache_dir, config_hash, load_tensors, save_tensors
+from .presets import DATASETS, check_choice
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -177,8 +178,7 @@ def load_dataset(name: str = "cifar10", data: str | Path | None = None, seed: in
     """Load ``cifar10`` (from ``data``, ``$UPGP_DATA`` or torchvision) or ``synthetic``."""
     if name == "synthetic":
         return synthetic_data(seed=seed)
-    if name != "cifar10":
-        raise ValueError(f"unknown dataset {name!r}; choose one of: cifar10, synthetic")
+    check_choice("dataset", name, DATASETS)
     path = data or os.environ.get("UPGP_DATA")
     if path:
         if not Path(path).expanduser().exists():

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .method import per_sample_outputs
+from .presets import check_choice
 from .train import autocast, batches, to_float
 
 DETECTORS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {}
@@ -34,8 +35,7 @@ def register_detector(name: str) -> Callable:
 
 def detector_scores(name: str, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Suspicion scores of detector ``name`` (see ``DETECTORS``) for every sample."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; choose one of: {', '.join(sorted(DETECTORS))}")
+    check_choice("detector", name, sorted(DETECTORS))
     return DETECTORS[name](model, x, y)
 
 

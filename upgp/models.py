@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .presets import check_choice
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -28,8 +30,7 @@ def register_model(name: str) -> Callable:
 
 def create_model(name: str, num_classes: int = 10, width: int = 64) -> nn.Module:
     """Build the registered architecture ``name`` (see ``MODELS``) with ``width`` base channels."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    check_choice("model", name, sorted(MODELS))
     if width < 1:
         raise ValueError(f"model width {width} must be a positive integer")
     return MODELS[name](num_classes=num_classes, width=width)

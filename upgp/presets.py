@@ -10,8 +10,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+SCHEDULES = ("cosine", "onecycle")  # learning-rate schedules of upgp.train.fit
+DATASETS = ("cifar10", "synthetic")
+
+
+def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
+    """The package's one-line error for a name outside ``allowed``:
+    ``unknown <what> '<value>'; choose one of: <allowed, in the given order>``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -52,10 +64,8 @@ class Preset(Settings):
             value = getattr(self, field)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{field.replace('_', ' ')} {value} is outside (0, 1)")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: cosine, onecycle")
-        if self.dataset not in ("cifar10", "synthetic"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: cifar10, synthetic")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("dataset", self.dataset, DATASETS)
         if self.epochs < 1 or self.batch_size < 1 or self.width < 1:
             raise ValueError("epochs, batch size and width must be positive integers")
 
@@ -90,8 +100,7 @@ def get_preset(name: str, attack: str | None = None, arch: str | None = None,
     With ``attack`` and ``arch``, a pair listed in ``PAIR_EPOCHS`` gets its epochs, unless
     ``epochs`` is among the overrides.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    check_choice("preset", name, PRESETS)
     changes = {k: v for k, v in overrides.items() if v is not None}
     pair_epochs = PAIR_EPOCHS.get(name, {}).get((attack or "", arch or ""))
     if pair_epochs is not None:

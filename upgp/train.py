@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .presets import Preset
+from .presets import SCHEDULES, Preset, check_choice
 
 
 def default_device() -> torch.device:
@@ -76,13 +76,12 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=momentum > 0)
+    check_choice("schedule", schedule, SCHEDULES)
     if schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
-    elif schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of: cosine, onecycle")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return opt, sched
 
 

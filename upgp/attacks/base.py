@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..presets import check_choice
+
 ATTACKS: dict[str, Callable[..., Attack]] = {}
 
 
@@ -37,10 +39,8 @@ def create_attack(name: str, label_mode: str = "all2one", **params) -> Attack:
     ``label_mode``: ``all2one`` (every poison labelled ``target``) or ``all2all``
     (y -> (y + 1) mod C; dirty-label attacks only).
     """
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}")
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"unknown label mode {label_mode!r}; choose one of: {', '.join(LABEL_MODES)}")
+    check_choice("attack", name, sorted(ATTACKS))
+    check_choice("label mode", label_mode, LABEL_MODES)
     allowed = [k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..presets import Preset, Settings
+from ..presets import Preset, Settings, check_choice
 from ..train import accuracy, autocast, batches, fit, to_float
 
 Data = tuple[Tensor, Tensor]
@@ -69,8 +69,7 @@ def register_defense(name: str, config: Callable[..., Any],
 
 
 def get_defense(name: str) -> DefenseSpec:
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; choose one of: {', '.join(sorted(DEFENSES))}")
+    check_choice("defense", name, sorted(DEFENSES))
     return DEFENSES[name]
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import detection_metrics
+from ..presets import check_choice
 
 RULES = ("robust_z", "gmm")
 
@@ -55,8 +56,7 @@ class Detection:
 def detect(scores: Tensor, labels: Tensor | None = None, rule: str = "robust_z",
            threshold: float = 2.5, per_class: bool = False, seed: int = 0) -> Detection:
     """Flag insensitive samples (low ``scores``) by ``rule``; see the module docstring."""
-    if rule not in RULES:
-        raise ValueError(f"unknown detection rule {rule!r}; choose one of: {', '.join(RULES)}")
+    check_choice("detection rule", rule, RULES)
     z = robust_z(scores, labels if per_class else None)
     suspicion = -z
     if rule == "robust_z":

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..presets import check_choice
 from ..train import accuracy, autocast, batches, to_float
 
 UNLEARNING_LOSSES = ("max_entropy", "ascent")
@@ -26,11 +27,10 @@ def unlearning_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
     ``ascent``: -CE(f(x), y) (gradient ascent on cross-entropy; unbounded).
     ``max_entropy``: CE(f(x), uniform) = -mean_c log p_c (pushes predictions to uniform).
     """
+    check_choice("unlearning loss", kind, UNLEARNING_LOSSES)
     if kind == "ascent":
         return -F.cross_entropy(logits, y)
-    if kind == "max_entropy":
-        return -F.log_softmax(logits.float(), dim=1).mean()
-    raise ValueError(f"unknown unlearning loss {kind!r}; choose one of: {', '.join(UNLEARNING_LOSSES)}")
+    return -F.log_softmax(logits.float(), dim=1).mean()  # max_entropy
 
 
 @dataclass
@@ -53,8 +53,7 @@ def unlearning_perturbation(model: nn.Module, x_reserve: Tensor, y_reserve: Tens
                             clip_norm: float = 5.0, seed: int = 0,
                             bf16: bool = True) -> Perturbation:
     """Unlearn the clean reserve from a copy of ``model`` (which is left unchanged)."""
-    if loss not in UNLEARNING_LOSSES:
-        raise ValueError(f"unknown unlearning loss {loss!r}; choose one of: {', '.join(UNLEARNING_LOSSES)}")
+    check_choice("unlearning loss", loss, UNLEARNING_LOSSES)
     device = next(model.parameters()).device
     perturbed = copy.deepcopy(model).eval()  # BatchNorm statistics stay those of theta_0
     opt = torch.optim.SGD(perturbed.parameters(), lr=lr)

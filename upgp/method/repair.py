@@ -29,6 +29,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ..presets import check_choice
 from ..train import accuracy, endless_batches, random_crop_flip
 from .projection import project_out
 from .unlearning import RemovalLog, _batch_loss, _cosine, _grads
@@ -37,16 +38,11 @@ REPAIR_SELECTIONS = ("holdout", "stamped")
 TRIGGER_FORMS = ("shift", "affine")
 
 
-def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-
-
 def check_repair_options(select: str, trigger: str = "shift") -> None:
     """Raise a one-line error unless ``select`` is in REPAIR_SELECTIONS and ``trigger`` in
     TRIGGER_FORMS."""
-    _check("repair selection", select, REPAIR_SELECTIONS)
-    _check("trigger form", trigger, TRIGGER_FORMS)
+    check_choice("repair selection", select, REPAIR_SELECTIONS)
+    check_choice("trigger form", trigger, TRIGGER_FORMS)
 
 
 def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor, form: str = "shift"
@@ -61,7 +57,7 @@ def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor, form: str = "shift"
     B's per-pixel mean and spread. A blend gives s ~ 1 - a and c ~ a t, a patch s ~ 0 and c ~ t
     inside it, an additive trigger s ~ 1 and the ``shift`` estimate.
     """
-    _check("trigger form", form, TRIGGER_FORMS)
+    check_choice("trigger form", form, TRIGGER_FORMS)
     b, n = x_flagged.float(), x_reserve.float()
     if form == "shift":
         return torch.ones_like(b[0]), b.mean(0) - n.mean(0)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..presets import check_choice
 from ..train import autocast, batches, to_float
 
 SCORES = ("loss_after", "loss_change", "confidence_change")
@@ -41,8 +42,7 @@ def sensitivity_scores(model: nn.Module, perturbed: nn.Module, x: Tensor, y: Ten
     ``loss_after``: l_i(theta_0 + dtheta_N). ``loss_change``: l_i(theta_0 + dtheta_N) - l_i(theta_0).
     ``confidence_change``: p_y(theta_0) - p_y(theta_0 + dtheta_N) (the drop in confidence).
     """
-    if score not in SCORES:
-        raise ValueError(f"unknown sensitivity score {score!r}; choose one of: {', '.join(SCORES)}")
+    check_choice("sensitivity score", score, SCORES)
     loss_after, prob_after = per_sample_outputs(perturbed, x, y, batch_size, bf16)
     if score == "loss_after":
         return loss_after

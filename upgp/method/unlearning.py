@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..presets import check_choice
 from ..train import accuracy, autocast, endless_batches, to_float
 from .perturbation import unlearning_loss
 from .projection import (
@@ -44,13 +45,12 @@ def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
     ``max_entropy``: CE(f(x), uniform), as in step 1 (``unlearning_loss``): pushes B's
     predictions to uniform instead of away from y alone.
     """
+    check_choice("removal loss", kind, REMOVAL_LOSSES)
     if kind == "bounded":
         z = logits.float()
         others = z.scatter(1, y[:, None], float("-inf"))
         return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()
-    if kind in REMOVAL_LOSSES:
-        return unlearning_loss(logits, y, kind)
-    raise ValueError(f"unknown removal loss {kind!r}; choose one of: {', '.join(REMOVAL_LOSSES)}")
+    return unlearning_loss(logits, y, kind)
 
 
 @dataclass
@@ -118,8 +118,7 @@ def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
     ``on_check(steps, model)`` is called at step 0 and at every accepted check (for
     removal-budget plots; the loop never reads what it computes).
     """
-    if projection not in PROJECTIONS:
-        raise ValueError(f"unknown projection {projection!r}; choose one of: {', '.join(PROJECTIONS)}")
+    check_choice("projection", projection, PROJECTIONS)
     if len(x_flagged) == 0:
         return copy.deepcopy(model), RemovalLog(stop_reason="nothing flagged")
     model = copy.deepcopy(model).eval()  # BN in eval mode: flagged batches must not move its stats
