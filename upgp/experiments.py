@@ -500,25 +500,23 @@ def reemergence(scenario: Scenario, model: str, probe: RetuneConfig,
     Cached as JSON under the backdoored model, the probed model and its config, and the probe's
     settings. Defended weights are not cached: on a miss the defense runs again.
     """
-    if model not in REEMERGENCE_REFERENCES:
-        get_defense(model)  # a one-line error for an unknown name
-        config = config if config is not None else defense_config(model, scenario.preset,
-                                                                  scenario.seed)
+    spec = None if model in REEMERGENCE_REFERENCES else get_defense(model)  # errs if unknown
+    if spec is not None and config is None:
+        config = defense_config(model, scenario.preset, scenario.seed)
     key = config_hash(model_cache_path(scenario).name, "reemergence", model, config, probe)
     path = (cache_dir() / "defenses"
             / f"reemergence-{scenario.attack.name}-{scenario.arch}-{key}.json")
     cached = load_json(path)
     if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
         return [{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in cached]
-    if model == "backdoored":
-        probed = scenario.model
-    elif model == "clean model":
-        probed = clean_reference_model(scenario, data, progress=False)
-    else:
-        train_set = (scenario.train.x, scenario.train.y) if get_defense(model).needs_train_set \
-            else None
+    if spec is not None:
+        train_set = (scenario.train.x, scenario.train.y) if spec.needs_train_set else None
         probed, _ = defend(model, scenario.model, (scenario.reserve_x, scenario.reserve_y),
                            config, train_set)
+    elif model == "backdoored":
+        probed = scenario.model
+    else:
+        probed = clean_reference_model(scenario, data, progress=False)
     retuning = retuning_set(scenario.attack, scenario.reserve_x, scenario.reserve_y,
                             probe.poisons, scenario.preset.target, probe.seed)
     rows = retune(probed, retuning, scenario.attack, probe, scenario.evaluate)

@@ -3,10 +3,10 @@
 A low ASR after a defense can be superficial: the backdoor's features may survive and be relearnt
 within a few epochs. Min et al. (NeurIPS 2024, "Uncovering, Explaining, and Mitigating the
 Superficial Safety of Backdoor Defense") probe this with a *retuning attack*: fine-tune the
-defended model on a small set holding a few poisons and compare the ASR it regains with what a
-clean model learns from the same set. ``retune`` runs that probe (and, with no poisons, plain
-clean fine-tuning, as a user of the defended model might do), evaluating along the way.
-Our own settings, not theirs: see ``RetuneConfig``.
+defended model with a very small number of poisoned samples and see whether the backdoor comes
+back. ``retune`` runs such a probe (and, with no poisons, plain clean fine-tuning, as a user of
+the defended model might do), evaluating along the way; the book sets the ASR it regains beside
+what a clean model learns from the same set. Our own settings, not theirs: see ``RetuneConfig``.
 """
 
 from __future__ import annotations
