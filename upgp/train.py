@@ -73,10 +73,10 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
                    schedule: str, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD (Nesterov when momentum > 0) with a OneCycle or cosine schedule over ``total_steps``."""
+    check_choice("schedule", schedule, SCHEDULES)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=momentum > 0)
-    check_choice("schedule", schedule, SCHEDULES)
     if schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
