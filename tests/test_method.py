@@ -8,6 +8,7 @@ import upgp.experiments as experiments
 from upgp.experiments import clean_reference, clean_reference_model, removal_trajectory, run_upgp
 from upgp.method import (
     UPGPConfig,
+    calibrate_on_reserve,
     detect,
     projected_unlearning,
     robust_z,
@@ -25,6 +26,55 @@ def test_robust_z_and_detect_flag_the_low_tail():
     assert set(det.flagged.tolist()) == set(range(900, 1000))
     gm = detect(scores, rule="gmm")
     assert set(range(900, 1000)) <= set(gm.flagged.tolist()) and len(gm.flagged) < 150
+
+
+
+def test_calibration_divides_by_each_labels_reserve_median():
+    scores = torch.tensor([1.0, 2.0, 10.0, 20.0])
+    labels = torch.tensor([0, 0, 1, 1])
+    reference = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])  # medians 2 and 20
+    ref_labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    calibrated = calibrate_on_reserve(scores, labels, reference, ref_labels)
+    assert torch.allclose(calibrated, torch.tensor([0.5, 1.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="no reserve image of label 1"):
+        calibrate_on_reserve(scores, labels, reference[:3], ref_labels[:3])
+    with pytest.raises(ValueError, match="positive scores"):
+        calibrate_on_reserve(scores - 5, labels, reference, ref_labels)
+
+
+def test_reserve_quantile_flags_below_the_reserves_quantile():
+    reference = torch.arange(1, 101, dtype=torch.float32)  # clean reserve scores 1..100
+    scores = torch.tensor([0.5, 1.5, 50.0, 100.0, 0.1])
+    det = detect(scores, rule="reserve_quantile", reference=reference, fpr=0.02)
+    cut = torch.quantile(reference.double(), 0.02)  # 2.98
+    assert det.flagged.tolist() == [0, 1, 4] and bool((scores[det.flagged] < cut).all())
+    with pytest.raises(ValueError, match="needs the reserve's scores"):
+        detect(scores, rule="reserve_quantile")
+    with pytest.raises(ValueError, match="false-positive rate 1.5 is outside"):
+        detect(scores, rule="reserve_quantile", reference=reference, fpr=1.5)
+
+
+def test_calibrated_reserve_quantile_detection_on_the_synthetic_backdoor(smoke_scenario):
+    config = UPGPConfig(calibrate=True, rule="reserve_quantile", removal_max_steps=5)
+    result = run_upgp(smoke_scenario, config, use_cache=False).result
+    assert result["detection"]["auroc"] >= 0.95, result["detection"]
+    assert result["detection"]["precision"] >= 0.5, result["detection"]
+    assert result["upgp"]["detection_rule"] == "reserve_quantile"
+
+
+def test_detection_variants_share_one_perturbation_with_upgp(smoke_scenario):
+    sc = smoke_scenario
+    variants = {"default": {}, "calibrated": {"calibrate": True, "rule": "reserve_quantile"}}
+    rows = experiments.detection_variants(sc, variants)
+    assert [r["variant"] for r in rows] == ["default", "calibrated"]
+    for row, changes in zip(rows, variants.values()):
+        config = UPGPConfig(removal_max_steps=0, **changes)
+        _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
+                                config)
+        assert row["flagged"] == len(report.detection.flagged)
+        assert row == {"variant": row["variant"], **report.detection.evaluate(sc.train.is_poisoned)}
+    with pytest.raises(ValueError, match="changes \\['removal_lr'\\]; a variant may change only"):
+        experiments.detection_variants(sc, {"bad": {"removal_lr": 0.1}})
 
 
 def test_perturbation_stops_at_accuracy_and_leaves_model(smoke_scenario):
@@ -271,6 +321,8 @@ def test_repair_fields_keep_old_cache_keys_until_set():
     assert config_hash(base) != config_hash(base.replace(repair_trigger_share=0.5))
     assert config_hash(base) != config_hash(base.replace(repair_select="stamped"))
     assert config_hash(base) != config_hash(base.replace(repair_trigger="affine"))
+    assert config_hash(base) != config_hash(base.replace(calibrate=True))
+    assert config_hash(base) != config_hash(base.replace(reserve_fpr=0.05))
     fields = dataclasses.asdict(base)
     old = {k: v for k, v in fields.items() if k not in UPGPConfig.HASHED_ONLY_WHEN_SET}
     assert config_hash(base) == config_hash(old)  # what the key was before the fields existed

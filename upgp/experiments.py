@@ -33,6 +33,7 @@ from .defenses.upgp import UPGP_DEFENSES
 from .io import cache_dir, config_hash, load_json, load_tensors, save_tensors, write_json
 from .method import (
     UPGPConfig,
+    detect_from_config,
     flat_delta,
     mean_gradient,
     per_sample_dot,
@@ -448,6 +449,38 @@ def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None
     return {"scores": scores, "is_poisoned": truth, "steps": pert.steps,
             "reserve_accuracy": pert.reserve_accuracy, "auroc": auroc(truth, -scores),
             "perturbation": pert}
+
+
+DETECTION_FIELDS = ("calibrate", "rule", "z_threshold", "per_class", "reserve_fpr")
+
+
+def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
+                       config: UPGPConfig | None = None) -> list[dict[str, Any]]:
+    """Steps 1-3 of UPGP once per scenario, then step 3 under each variant of ``config``.
+
+    ``variants`` maps a name to changes of the detection fields (DETECTION_FIELDS) only, so every
+    variant sees the same perturbation and scores. One row per variant: its name, the flagged
+    count and the detection metrics against the poison mask (evaluation only).
+    """
+    config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
+    for name, changes in variants.items():
+        other = sorted(set(changes) - set(DETECTION_FIELDS))
+        if other:
+            raise ValueError(f"detection variant {name!r} changes {other}; a variant may change "
+                             f"only: {', '.join(DETECTION_FIELDS)}")
+    x_fit, y_fit, x_hold, y_hold = split_holdout(scenario.reserve_x, scenario.reserve_y,
+                                                 config.holdout_ratio, config.seed)
+    pert = perturb_from_config(scenario.model, x_fit, y_fit, config)
+    scores = sensitivity_scores(scenario.model, pert.model, scenario.train.x, scenario.train.y,
+                                config.score, bf16=config.bf16)
+    reference = sensitivity_scores(scenario.model, pert.model, x_hold, y_hold, config.score,
+                                   bf16=config.bf16)
+    rows = []
+    for name, changes in variants.items():
+        _, detection = detect_from_config(scores, scenario.train.y, reference, y_hold,
+                                          config.replace(**changes))
+        rows.append({"variant": name, **detection.evaluate(scenario.train.is_poisoned)})
+    return rows
 
 
 def learning_dynamics(scenario: Scenario, n_samples: int = 256,

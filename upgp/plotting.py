@@ -145,13 +145,16 @@ def before_after_bars(rows: Sequence[tuple[str, dict[str, float], dict[str, floa
     return fig
 
 
-def defense_grid(table: Any, metrics: Sequence[str] = ("acc", "asr", "ra", "der")) -> Figure:
-    """Heatmaps of defense x attack for each metric (a tidy table with those columns)."""
+def defense_grid(table: Any, metrics: Sequence[str] = ("acc", "asr", "ra", "der"),
+                 index: str = "defense", columns: str = "attack") -> Figure:
+    """Heatmaps of ``index`` x ``columns`` (defense x attack) for each metric, in % except DER
+    (a tidy table with those columns)."""
     use_style()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.5 * len(metrics) + 0.5, 3.0),
+    height = max(3.0, 0.22 * table[index].nunique() + 1.6)  # rows stay legible
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.5 * len(metrics) + 0.5, height),
                              sharey=True)
     for ax, m in zip(np.atleast_1d(axes), metrics):
-        grid = table.pivot_table(index="defense", columns="attack", values=m, sort=False)
+        grid = table.pivot_table(index=index, columns=columns, values=m, sort=False)
         ax.imshow(grid.values, cmap="RdYlGn_r" if m == "asr" else "RdYlGn", vmin=0, vmax=100,
                   aspect="auto")
         for (i, j), v in np.ndenumerate(grid.values):

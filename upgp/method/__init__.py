@@ -37,6 +37,7 @@ from .projection import (
 )
 from .repair import check_repair_options, projected_repair
 from .sensitivity import (
+    calibrate_on_reserve,
     first_order_loss_change,
     flat_delta,
     gradient_inner_products,
@@ -63,9 +64,11 @@ class UPGPConfig(Settings):
     # 2. sensitivity score
     score: str = "loss_after"  # "loss_after", "loss_change", "confidence_change"
     # 3. detection
-    rule: str = "gmm"  # "gmm" or "robust_z"
+    calibrate: bool = False  # divide each score by its label's median on the held-out reserve
+    rule: str = "gmm"  # "gmm", "robust_z" or "reserve_quantile"
     z_threshold: float = 2.5
     per_class: bool = False
+    reserve_fpr: float = 0.01  # reserve_quantile: flag below this quantile of held-out reserve scores
     # 4. removal
     projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
     removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
@@ -95,7 +98,7 @@ class UPGPConfig(Settings):
     # added after results were cached: hashed only when set, so cache keys made before hold
     HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
         "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
-        "repair_trigger_share", "repair_select", "repair_trigger")
+        "repair_trigger_share", "repair_select", "repair_trigger", "calibrate", "reserve_fpr")
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
@@ -129,6 +132,22 @@ def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: 
     return unlearning_perturbation(model, x_fit, y_fit, **(kwargs | overrides))
 
 
+def detect_from_config(scores: Tensor, labels: Tensor, reference: Tensor,
+                       reference_labels: Tensor, config: UPGPConfig) -> tuple[Tensor, Detection]:
+    """Step 3 as ``config`` sets it: the scores, divided by each label's held-out reserve median
+    when ``calibrate``, then flagged by ``rule``. Returns (the scores detection saw, detection).
+
+    ``reference``: the scores of the held-out reserve images (``reference_labels``) under the
+    same perturbation.
+    """
+    if config.calibrate:
+        scores, reference = (calibrate_on_reserve(scores, labels, reference, reference_labels),
+                             calibrate_on_reserve(reference, reference_labels, reference,
+                                                  reference_labels))
+    return scores, detect(scores, labels, config.rule, config.z_threshold, config.per_class,
+                          config.seed, reference, config.reserve_fpr)
+
+
 def split_holdout(x: Tensor, y: Tensor, ratio: float, seed: int
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Split the reserve into (x_fit, y_fit, x_holdout, y_holdout), fixed by seed."""
@@ -147,7 +166,7 @@ class UPGPReport:
     config: UPGPConfig
     perturbation_steps: int
     perturbation_reserve_accuracy: list[float]
-    scores: Tensor
+    scores: Tensor  # as detection saw them (divided by the reserve's medians when calibrated)
     detection: Detection
     removal: RemovalLog  # all rounds together
     repair: RemovalLog
@@ -208,10 +227,13 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
 
     start = time.perf_counter()
     scores = sensitivity_scores(model, pert.model, x, y, config.score, bf16=config.bf16)
+    # the held-out reserve's scores: clean images the perturbation never saw
+    reference = sensitivity_scores(model, pert.model, x_hold, y_hold, config.score,
+                                   bf16=config.bf16)
     seconds["scoring"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    detection = detect(scores, y, config.rule, config.z_threshold, config.per_class, config.seed)
+    scores, detection = detect_from_config(scores, y, reference, y_hold, config)
     if flagged is not None:
         detection = Detection(flagged, detection.suspicion, "given", float("nan"))
     seconds["detection"] = time.perf_counter() - start
@@ -249,8 +271,9 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     return cleaned, report
 
 
-__all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport", "detect",
-           "first_order_loss_change", "flat_delta", "gpm_bases", "gradient_inner_products",
+__all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport",
+           "calibrate_on_reserve", "detect", "detect_from_config", "first_order_loss_change",
+           "flat_delta", "gpm_bases", "gradient_inner_products",
            "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
            "per_sample_outputs", "perturb_from_config", "project_gpm", "project_out",
            "project_out_per_layer", "project_out_subspace", "projected_repair",

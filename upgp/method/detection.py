@@ -5,6 +5,9 @@ Neither rule knows the poisoning ratio:
   ``per_class=True`` the median and MAD are taken over the samples of each label.
 - ``gmm``: a two-component Gaussian mixture on log(s - min(s) + eps); flag the samples whose
   posterior for the low-mean component exceeds 0.5.
+- ``reserve_quantile``: flag s_i < q_fpr(r), the ``fpr`` quantile of the scores r of clean
+  reserve images that made no part of the perturbation: a threshold set on clean data alone, for
+  a false-positive rate of about ``fpr`` on images the model has not memorised.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 from ..metrics import detection_metrics
 from ..presets import check_choice
 
-RULES = ("robust_z", "gmm")
+RULES = ("robust_z", "gmm", "reserve_quantile")
 
 
 def robust_z(scores: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -54,14 +57,25 @@ class Detection:
 
 
 def detect(scores: Tensor, labels: Tensor | None = None, rule: str = "robust_z",
-           threshold: float = 2.5, per_class: bool = False, seed: int = 0) -> Detection:
-    """Flag insensitive samples (low ``scores``) by ``rule``; see the module docstring."""
+           threshold: float = 2.5, per_class: bool = False, seed: int = 0,
+           reference: Tensor | None = None, fpr: float = 0.01) -> Detection:
+    """Flag insensitive samples (low ``scores``) by ``rule``; see the module docstring.
+
+    ``reference``: the held-out reserve's scores, which ``reserve_quantile`` needs.
+    """
     check_choice("detection rule", rule, RULES)
     z = robust_z(scores, labels if per_class else None)
     suspicion = -z
     if rule == "robust_z":
         flagged = (z < -threshold).nonzero().flatten()
         return Detection(flagged, suspicion, rule, threshold)
+    if rule == "reserve_quantile":
+        if reference is None or len(reference) == 0:
+            raise ValueError("rule 'reserve_quantile' needs the reserve's scores (reference)")
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"reserve false-positive rate {fpr} is outside (0, 1)")
+        cut = torch.quantile(reference.double(), fpr)
+        return Detection((scores.double() < cut).nonzero().flatten(), suspicion, rule, fpr)
     from sklearn.mixture import GaussianMixture
 
     values = scores.double().numpy()

@@ -52,6 +52,27 @@ def sensitivity_scores(model: nn.Module, perturbed: nn.Module, x: Tensor, y: Ten
     return prob_before - prob_after
 
 
+def calibrate_on_reserve(scores: Tensor, labels: Tensor, reference: Tensor,
+                         reference_labels: Tensor) -> Tensor:
+    """s_i / median{r_j : y_j = y_i}: each score over the median score of its label's reserve images.
+
+    The reserve is clean, so each label gets a clean reference, the target label included; a
+    per-label median over the training set instead fails where an attack poisons most of a label
+    (SIG at 10% poisons all of it). Scores must be positive (``loss_after``); the ratio keeps them so.
+    """
+    if float(scores.min()) < 0 or float(reference.min()) < 0:
+        raise ValueError("calibration on the reserve needs positive scores (score 'loss_after'); "
+                         f"got a minimum of {min(float(scores.min()), float(reference.min())):.3g}")
+    calibrated = torch.empty_like(scores)
+    for label in labels.unique().tolist():
+        ref = reference[reference_labels == label]
+        if len(ref) == 0:
+            raise ValueError(f"no reserve image of label {label} to calibrate its scores against")
+        rows = labels == label
+        calibrated[rows] = scores[rows] / ref.median().clamp_min(1e-12)
+    return calibrated
+
+
 def _per_sample_grad_fn(model: nn.Module):
     """vmap(grad(loss of one sample)) over a batch, with the model's current parameters."""
     params = {k: v.detach() for k, v in model.named_parameters()}
