@@ -28,7 +28,6 @@ def test_robust_z_and_detect_flag_the_low_tail():
     assert set(range(900, 1000)) <= set(gm.flagged.tolist()) and len(gm.flagged) < 150
 
 
-
 def test_calibration_divides_by_each_labels_reserve_median():
     scores = torch.tensor([1.0, 2.0, 10.0, 20.0])
     labels = torch.tensor([0, 0, 1, 1])

@@ -38,8 +38,8 @@ from .method import (
     mean_gradient,
     per_sample_dot,
     per_sample_outputs,
+    perturb_and_score,
     perturb_from_config,
-    sensitivity_scores,
     split_holdout,
     subsample_reserve,
     upgp_defend,
@@ -440,11 +440,10 @@ def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None
     accuracy trajectory and the detection AUROC of the score (low score = suspicious).
     """
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
-    x_fit, y_fit, _, _ = split_holdout(scenario.reserve_x, scenario.reserve_y,
-                                       config.holdout_ratio, config.seed)
-    pert = perturb_from_config(scenario.model, x_fit, y_fit, config)
-    scores = sensitivity_scores(scenario.model, pert.model, scenario.train.x, scenario.train.y,
-                                config.score, bf16=config.bf16)
+    x_fit, y_fit, x_hold, y_hold = split_holdout(scenario.reserve_x, scenario.reserve_y,
+                                                 config.holdout_ratio, config.seed)
+    pert, scores, _ = perturb_and_score(scenario.model, scenario.train.x, scenario.train.y,
+                                        (x_fit, y_fit), (x_hold, y_hold), config)
     truth = scenario.train.is_poisoned
     return {"scores": scores, "is_poisoned": truth, "steps": pert.steps,
             "reserve_accuracy": pert.reserve_accuracy, "auroc": auroc(truth, -scores),
@@ -470,11 +469,8 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
                              f"only: {', '.join(DETECTION_FIELDS)}")
     x_fit, y_fit, x_hold, y_hold = split_holdout(scenario.reserve_x, scenario.reserve_y,
                                                  config.holdout_ratio, config.seed)
-    pert = perturb_from_config(scenario.model, x_fit, y_fit, config)
-    scores = sensitivity_scores(scenario.model, pert.model, scenario.train.x, scenario.train.y,
-                                config.score, bf16=config.bf16)
-    reference = sensitivity_scores(scenario.model, pert.model, x_hold, y_hold, config.score,
-                                   bf16=config.bf16)
+    _, scores, reference = perturb_and_score(scenario.model, scenario.train.x, scenario.train.y,
+                                             (x_fit, y_fit), (x_hold, y_hold), config)
     rows = []
     for name, changes in variants.items():
         _, detection = detect_from_config(scores, scenario.train.y, reference, y_hold,

@@ -132,6 +132,26 @@ def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: 
     return unlearning_perturbation(model, x_fit, y_fit, **(kwargs | overrides))
 
 
+def perturb_and_score(model: nn.Module, x: Tensor, y: Tensor, reserve_fit: tuple[Tensor, Tensor],
+                      reserve_hold: tuple[Tensor, Tensor], config: UPGPConfig,
+                      seconds: dict[str, float] | None = None
+                      ) -> tuple[Perturbation, Tensor, Tensor]:
+    """Steps 1-2: the perturbation from unlearning ``reserve_fit``, then the scores of (x, y) and
+    of ``reserve_hold``, clean images the perturbation never saw (step 3's reference).
+
+    Returns (perturbation, scores, reference scores); ``seconds`` receives each stage's wall time.
+    """
+    start = time.perf_counter()
+    pert = perturb_from_config(model, *reserve_fit, config)
+    scored = time.perf_counter()
+    scores = sensitivity_scores(model, pert.model, x, y, config.score, bf16=config.bf16)
+    reference = sensitivity_scores(model, pert.model, *reserve_hold, config.score,
+                                   bf16=config.bf16)
+    if seconds is not None:
+        seconds.update(perturbation=scored - start, scoring=time.perf_counter() - scored)
+    return pert, scores, reference
+
+
 def detect_from_config(scores: Tensor, labels: Tensor, reference: Tensor,
                        reference_labels: Tensor, config: UPGPConfig) -> tuple[Tensor, Detection]:
     """Step 3 as ``config`` sets it: the scores, divided by each label's held-out reserve median
@@ -220,17 +240,8 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     x, y = train_set
     x_fit, y_fit, x_hold, y_hold = split_holdout(*reserve, config.holdout_ratio, config.seed)
     seconds: dict[str, float] = {}
-
-    start = time.perf_counter()
-    pert = perturb_from_config(model, x_fit, y_fit, config)
-    seconds["perturbation"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scores = sensitivity_scores(model, pert.model, x, y, config.score, bf16=config.bf16)
-    # the held-out reserve's scores: clean images the perturbation never saw
-    reference = sensitivity_scores(model, pert.model, x_hold, y_hold, config.score,
-                                   bf16=config.bf16)
-    seconds["scoring"] = time.perf_counter() - start
+    pert, scores, reference = perturb_and_score(model, x, y, (x_fit, y_fit), (x_hold, y_hold),
+                                                config, seconds)
 
     start = time.perf_counter()
     scores, detection = detect_from_config(scores, y, reference, y_hold, config)
@@ -275,7 +286,7 @@ __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport"
            "calibrate_on_reserve", "detect", "detect_from_config", "first_order_loss_change",
            "flat_delta", "gpm_bases", "gradient_inner_products",
            "orthonormal_basis", "mean_gradient", "per_sample_dot", "per_sample_gradients",
-           "per_sample_outputs", "perturb_from_config", "project_gpm", "project_out",
+           "per_sample_outputs", "perturb_and_score", "perturb_from_config", "project_gpm", "project_out",
            "project_out_per_layer", "project_out_subspace", "projected_repair",
            "projected_unlearning", "robust_z", "sensitivity_scores", "split_holdout",
            "subsample_reserve", "unlearning_perturbation", "upgp_defend"]
