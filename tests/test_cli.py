@@ -3,7 +3,7 @@ import json
 import pytest
 
 from upgp.cli import main
-from upgp.reproduce import cli_runs
+from upgp.reproduce import cli_runs, model_seeds
 
 
 def test_train_writes_result(tmp_path, capsys):
@@ -104,3 +104,11 @@ def test_cli_results_collect_into_one_row(tmp_path):
     train.write_text(json.dumps(old))
     assert cli_runs(tmp_path).loc[0, "epochs"] == 2  # from training time x throughput
     assert cli_runs(tmp_path / "none").empty
+
+
+def test_models_parameter_parses_and_rejects_malformed_parts():
+    assert model_seeds("vgg19_bn:0,1,2; preact_resnet18:0") == {"vgg19_bn": [0, 1, 2],
+                                                                "preact_resnet18": [0]}
+    for bad in ("vgg19_bn", "vgg19_bn:0;:1", "vgg19_bn:0,x", "vgg19_bn:"):
+        with pytest.raises(ValueError, match=f"bad models part .* in '{bad}'; write architecture"):
+            model_seeds(bad)

@@ -10,6 +10,7 @@ from upgp.method import (
     UPGPConfig,
     calibrate_on_reserve,
     detect,
+    label_median_ratio,
     projected_unlearning,
     robust_z,
     subsample_reserve,
@@ -39,6 +40,18 @@ def test_calibration_divides_by_each_labels_reserve_median():
         calibrate_on_reserve(scores, labels, reference[:3], ref_labels[:3])
     with pytest.raises(ValueError, match="positive scores"):
         calibrate_on_reserve(scores - 5, labels, reference, ref_labels)
+
+
+def test_label_median_ratio_sets_the_direction_calibration_moves_a_label():
+    reference = torch.tensor([1.0, 2, 3, 10, 20, 30, 4, 6, 8, 9, 10, 11])  # medians 2, 20, 6, 10
+    ref_labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    assert label_median_ratio(reference, ref_labels, 0) == pytest.approx(2 / 10)  # of 20, 6, 10
+    assert label_median_ratio(reference, ref_labels, 1) == pytest.approx(20 / 6)  # of 2, 6, 10
+    calibrated = calibrate_on_reserve(torch.tensor([1.0, 5.0]), torch.tensor([0, 1]), reference,
+                                      ref_labels)  # label 0's score scaled by 20 / 2 against 1's
+    assert float(calibrated[0] / calibrated[1]) == pytest.approx((1.0 / 5.0) * 20 / 2)
+    with pytest.raises(ValueError, match="label 4 needs reserve images of its own"):
+        label_median_ratio(reference, ref_labels, 4)
 
 
 def test_reserve_quantile_flags_below_the_reserves_quantile():
@@ -71,7 +84,8 @@ def test_detection_variants_share_one_perturbation_with_upgp(smoke_scenario):
         _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
                                 config)
         assert row["flagged"] == len(report.detection.flagged)
-        assert row == {"variant": row["variant"], **report.detection.evaluate(sc.train.is_poisoned)}
+        assert row == {"variant": row["variant"], **report.detection.evaluate(sc.train.is_poisoned),
+                       "target_median_ratio": rows[0]["target_median_ratio"]}
     with pytest.raises(ValueError, match="changes \\['removal_lr'\\]; a variant may change only"):
         experiments.detection_variants(sc, {"bad": {"removal_lr": 0.1}})
 

@@ -35,6 +35,7 @@ from .method import (
     UPGPConfig,
     detect_from_config,
     flat_delta,
+    label_median_ratio,
     mean_gradient,
     per_sample_dot,
     per_sample_outputs,
@@ -459,7 +460,9 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
 
     ``variants`` maps a name to changes of the detection fields (DETECTION_FIELDS) only, so every
     variant sees the same perturbation and scores. One row per variant: its name, the flagged
-    count and the detection metrics against the poison mask (evaluation only).
+    count and the detection metrics against the poison mask (evaluation only), and the
+    perturbation's ``target_median_ratio`` (``label_median_ratio`` of the attack's target label on
+    the held-out reserve; the same in every row), which says which way calibration moves poisons.
     """
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     for name, changes in variants.items():
@@ -471,11 +474,13 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
                                                  config.holdout_ratio, config.seed)
     _, scores, reference = perturb_and_score(scenario.model, scenario.train.x, scenario.train.y,
                                              (x_fit, y_fit), (x_hold, y_hold), config)
+    ratio = label_median_ratio(reference, y_hold, scenario.preset.target)
     rows = []
     for name, changes in variants.items():
         _, detection = detect_from_config(scores, scenario.train.y, reference, y_hold,
                                           config.replace(**changes))
-        rows.append({"variant": name, **detection.evaluate(scenario.train.is_poisoned)})
+        rows.append({"variant": name, **detection.evaluate(scenario.train.is_poisoned),
+                     "target_median_ratio": ratio})
     return rows
 
 

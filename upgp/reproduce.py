@@ -62,6 +62,20 @@ def save_table(df: pd.DataFrame, name: str, preset: str) -> Path:
     return path
 
 
+def model_seeds(spec: str) -> dict[str, list[int]]:
+    """Parse a notebook's ``models`` parameter, ``"arch:seed,seed;arch:seed"``, into
+    {architecture: [seeds]} in the order given; a one-line error for a malformed part."""
+    out: dict[str, list[int]] = {}
+    for part in spec.split(";"):
+        arch, _, seeds = part.strip().partition(":")
+        values = seeds.split(",")
+        if not arch or not all(v.strip().isdigit() for v in values):
+            raise ValueError(f"bad models part {part!r} in {spec!r}; write architecture:seeds "
+                             "parts separated by ';', e.g. 'vgg19_bn:0,1,2;preact_resnet18:0'")
+        out[arch] = [int(v) for v in values]
+    return out
+
+
 def _epochs_from_throughput(train: dict[str, Any]) -> int:
     """Passes over the training set of an ``upgp train`` file written before runs recorded their
     epochs: training time x throughput / training-set size (the last partial batch is dropped)."""

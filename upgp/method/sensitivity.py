@@ -73,6 +73,22 @@ def calibrate_on_reserve(scores: Tensor, labels: Tensor, reference: Tensor,
     return calibrated
 
 
+def label_median_ratio(reference: Tensor, reference_labels: Tensor, label: int) -> float:
+    """m_label / median_{c != label} m_c, with m_c the median reserve score of label c.
+
+    Against a sample of label c, calibration (``calibrate_on_reserve``) scales a ``label`` sample's
+    score by m_c / m_label: a ratio under 1 (the perturbation disturbs ``label`` less than a
+    typical label) moves the poisons of an all-to-one attack with target ``label`` up, towards
+    the clean samples; a ratio over 1 moves them down.
+    """
+    medians = {c: reference[reference_labels == c].median() for c in reference_labels.unique().tolist()}
+    if label not in medians or len(medians) < 2:
+        raise ValueError(f"label {label} needs reserve images of its own and of another label; "
+                         f"the reserve has labels {sorted(medians)}")
+    others = torch.stack([m for c, m in medians.items() if c != label])
+    return float(medians[label] / others.median().clamp_min(1e-12))
+
+
 def _per_sample_grad_fn(model: nn.Module):
     """vmap(grad(loss of one sample)) over a batch, with the model's current parameters."""
     params = {k: v.detach() for k, v in model.named_parameters()}
