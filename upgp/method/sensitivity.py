@@ -52,6 +52,11 @@ def sensitivity_scores(model: nn.Module, perturbed: nn.Module, x: Tensor, y: Ten
     return prob_before - prob_after
 
 
+def label_medians(scores: Tensor, labels: Tensor) -> dict[int, Tensor]:
+    """{c: median{s_j : y_j = c}} for every label c present (torch's median: the lower middle)."""
+    return {c: scores[labels == c].median() for c in labels.unique().tolist()}
+
+
 def calibrate_on_reserve(scores: Tensor, labels: Tensor, reference: Tensor,
                          reference_labels: Tensor) -> Tensor:
     """s_i / median{r_j : y_j = y_i}: each score over the median score of its label's reserve images.
@@ -63,13 +68,13 @@ def calibrate_on_reserve(scores: Tensor, labels: Tensor, reference: Tensor,
     if float(scores.min()) < 0 or float(reference.min()) < 0:
         raise ValueError("calibration on the reserve needs positive scores (score 'loss_after'); "
                          f"got a minimum of {min(float(scores.min()), float(reference.min())):.3g}")
+    medians = label_medians(reference, reference_labels)
     calibrated = torch.empty_like(scores)
     for label in labels.unique().tolist():
-        ref = reference[reference_labels == label]
-        if len(ref) == 0:
+        if label not in medians:
             raise ValueError(f"no reserve image of label {label} to calibrate its scores against")
         rows = labels == label
-        calibrated[rows] = scores[rows] / ref.median().clamp_min(1e-12)
+        calibrated[rows] = scores[rows] / medians[label].clamp_min(1e-12)
     return calibrated
 
 
@@ -81,7 +86,7 @@ def label_median_ratio(reference: Tensor, reference_labels: Tensor, label: int) 
     typical label) moves the poisons of an all-to-one attack with target ``label`` up, towards
     the clean samples; a ratio over 1 moves them down.
     """
-    medians = {c: reference[reference_labels == c].median() for c in reference_labels.unique().tolist()}
+    medians = label_medians(reference, reference_labels)
     if label not in medians or len(medians) < 2:
         raise ValueError(f"label {label} needs reserve images of its own and of another label; "
                          f"the reserve has labels {sorted(medians)}")
