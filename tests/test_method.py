@@ -353,6 +353,18 @@ def test_with_repair_leaves_room_for_the_repairs_rise():
         base.with_repair(0)
 
 
+def test_without_projection_changes_only_the_projection():
+    from upgp.io import config_hash
+
+    base = UPGPConfig(seed=3)
+    four = base.without_projection()
+    assert four == base.replace(projection="none")
+    assert config_hash(four) == config_hash(base.replace(projection="none"))  # cached runs' key
+    rep = base.with_repair(40, 2)
+    assert rep.without_projection() == rep.replace(projection="none", repair_project=False)
+    assert base.replace(projection="layer").without_projection().projection == "none"
+
+
 def test_upgp_with_repair_rounds_reports_them(smoke_scenario):
     config = UPGPConfig(repair_steps=10, removal_rounds=3)
     result = run_upgp(smoke_scenario, config, use_cache=False).result

@@ -128,9 +128,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
     if args.repair:
         config = config.with_repair(args.repair, args.rounds)
     if args.no_projection:
-        config = config.replace(projection="none")
-        if config.repair_steps:  # no projection in the repair either
-            config = config.replace(repair_project=False)
+        config = config.without_projection()
     r = run_defense(sc, args.defense, config)
     print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")

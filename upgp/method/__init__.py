@@ -119,6 +119,15 @@ class UPGPConfig(Settings):
                             stop_flagged_accuracy=round(
                                 self.stop_flagged_accuracy - self.repair_max_flagged_rise, 10))
 
+    def without_projection(self) -> UPGPConfig:
+        """The ablation of the projection: the same detection and step budgets, with removal
+        (and the repair, when there is one) along the raw gradients (``upgp defend
+        --no-projection``)."""
+        changes: dict[str, Any] = {"projection": "none"}
+        if self.repair_steps:  # repair_project is hashed only when set: leave it alone otherwise
+            changes["repair_project"] = False
+        return self.replace(**changes)
+
 
 def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: UPGPConfig,
                         **overrides: Any) -> Perturbation:
