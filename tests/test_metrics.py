@@ -46,3 +46,27 @@ def test_backdoor_rates_and_metrics_agree_on_hand_made_predictions():
     x = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
     assert backdoor_metrics(AlwaysClass(2), x, y_test, x, y_trig, 0, bf16=False) == pytest.approx(
         {"acc": 50.0, "asr": 0.0, "ra": 50.0})
+
+
+def test_scorecard_bars_and_summary():
+    import pandas as pd
+
+    from upgp.scorecard import BARS, bar_summary, defense_row, with_bars
+
+    result = {"before": {"acc": 80.0, "asr": 95.0, "ra": 4.0},
+              "after": {"acc": 77.5, "asr": 5.0, "ra": 74.0},
+              "detection": {"flagged": 10, "precision": 0.9, "recall": 1.0},
+              "upgp": {"removal_steps": 40, "removal_stop": "step budget"}}
+    rows = [{"arch": "a", **defense_row(result, clean_ra=78.0)},
+            {"arch": "a", **defense_row({**result, "after": {"acc": 79.0, "asr": 5.5, "ra": 76.0}},
+                                        clean_ra=82.0)}]
+    table = with_bars(pd.DataFrame(rows))
+    assert rows[0]["repair steps"] == 0 and rows[0]["rounds"] == 1  # a four-step run
+    assert list(table["ACC drop"]) == [2.5, 1.0]
+    assert list(table["ASR <= 5"]) == [True, False]  # the bars are inclusive
+    assert list(table["ACC drop <= 2"]) == [False, True]
+    assert list(table["RA >= 75"]) == [False, True]
+    assert list(table["RA >= clean RA - 5"]) == [True, False]  # 74 >= 73; 76 < 77
+    summary = bar_summary(table, ["arch"])
+    assert summary.loc["a", "pairs"] == 2 and summary.loc["a", "acc_drop"] == 1.75
+    assert [summary.loc["a", short] for short in BARS.values()] == [1, 1, 1, 1]
