@@ -17,9 +17,9 @@ from typing import Any
 from .attacks import ATTACKS
 from .data import DataUnavailableError
 from .defenses import DEFENSES
-from .io import write_json
+from .io import check_writable, write_json
 from .models import MODELS
-from .presets import PRESETS
+from .presets import PRESETS, Preset, check_choice, get_preset
 
 
 def _scenario_args(p: argparse.ArgumentParser) -> None:
@@ -41,16 +41,29 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _load(args: argparse.Namespace):
-    from .experiments import backdoored_model
+def _scenario_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Preset]:
+    """Check every scenario flag before any work: the attack with its parameters and label
+    mode, the architecture, the preset with its overrides, and that ``--out`` can be written.
+    Returns (attack parameters, preset); a bad value raises a one-line error."""
+    from .attacks import create_attack
 
-    overrides = {k: getattr(args, k) for k in ("target", "poison_ratio", "reserve_ratio",
-                                                "epochs", "width")}
-    attack_params = _parse_settings(args.attack_param)
+    attack_params = _parse_settings(args.attack_param, "--attack-param")
     if args.label_mode != "all2one":
         attack_params["label_mode"] = args.label_mode
-    return backdoored_model(args.attack, args.arch, args.preset, args.seed, args.data,
-                            attack_params, progress=not args.quiet, **overrides)
+    create_attack(args.attack, **attack_params)
+    check_choice("model", args.arch, sorted(MODELS))
+    overrides = {k: getattr(args, k) for k in ("target", "poison_ratio", "reserve_ratio",
+                                                "epochs", "width")}
+    preset = get_preset(args.preset, args.attack, args.arch, **overrides)
+    check_writable(args.out, "--out")
+    return attack_params, preset
+
+
+def _load(args: argparse.Namespace, attack_params: dict[str, Any], preset: Preset):
+    from .experiments import backdoored_model
+
+    return backdoored_model(args.attack, args.arch, preset, args.seed, args.data,
+                            attack_params, progress=not args.quiet)
 
 
 def _fmt(m: dict[str, float]) -> str:
@@ -73,8 +86,9 @@ def _header(run: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    attack_params, preset = _scenario_inputs(args)
     start = time.perf_counter()
-    sc = _load(args)
+    sc = _load(args, attack_params, preset)
     result = {"run": sc.describe(), "no_defense": sc.metrics, "training": sc.info,
               "wall_seconds": time.perf_counter() - start}
     print(_header(sc.describe()))
@@ -102,12 +116,12 @@ def _literal(value: str) -> Any:
         return value
 
 
-def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+def _parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
     """``key=value`` pairs -> typed settings."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"setting {pair!r} is not of the form key=value")
+            raise ValueError(f"{flag} {pair!r} is not of the form key=value")
         key, value = pair.split("=", 1)
         out[key] = _literal(value)
     return out
@@ -119,17 +133,17 @@ def cmd_defend(args: argparse.Namespace) -> None:
     from .experiments import run_defense
 
     get_defense(args.defense)  # fail early on an unknown name
-    settings = _parse_settings(args.set)
+    settings = _parse_settings(args.set, "--set")
     if (args.no_projection or args.repair) and args.defense not in UPGP_DEFENSES:
         raise ValueError(f"--no-projection and --repair apply to {', '.join(UPGP_DEFENSES)} "
                          f"only, not {args.defense!r}")
-    sc = _load(args)
-    config = defense_config(args.defense, sc.preset, args.seed, **settings)
+    attack_params, preset = _scenario_inputs(args)
+    config = defense_config(args.defense, preset, args.seed, **settings)
     if args.repair:
         config = config.with_repair(args.repair, args.rounds)
     if args.no_projection:
         config = config.without_projection()
-    r = run_defense(sc, args.defense, config)
+    r = run_defense(_load(args, attack_params, preset), args.defense, config)
     print(_header(r["run"]))
     print(f"before: {_fmt(r['before'])}")
     label = (f"UPGP (projection {config.projection}, repair steps {config.repair_steps}, "
@@ -150,6 +164,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .sweep import sweep
 
+    check_writable(args.out, "--out")
     table = sweep(args.defenses, args.attacks, args.archs, args.seeds, args.preset, args.out,
                   args.data, progress=not args.quiet)
     cols = ["defense", "attack", "arch", "seed", "acc", "asr", "ra", "der", "wall_seconds"]
@@ -166,9 +181,11 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .reproduce import run_one
+    from .reproduce import parse_parameters, run_one
 
-    run_one(args.notebook, {key: _literal(value) for key, value in args.p}, args.output)
+    parameters = parse_parameters(args.notebook, args.p)
+    check_writable(args.output, "--output", folder=True)
+    run_one(args.notebook, parameters, args.output)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,18 +71,35 @@ def synthetic_data(
 
 
 def _read_image_folder(root: Path) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    from PIL import Image
+    """Decode ``root/<class>/*`` into (images, labels, class names); a folder without class
+    folders, an empty class, an unreadable image or one of another size is a one-line error."""
+    from PIL import Image, UnidentifiedImageError
 
     classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
     if not classes:
-        raise DataUnavailableError(f"no class folders under {root}")
+        raise DataUnavailableError(f"no class folders under {root}: the layout is "
+                                   f"{root.name}/<class>/<image>, one folder per class")
     images, labels = [], []
     for label, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() in _IMAGE_SUFFIXES:
+        files = [f for f in sorted((root / name).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+        if not files:
+            raise DataUnavailableError(
+                f"class folder {root / name} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))}); "
+                "add its images or remove the folder")
+        for file in files:
+            try:
                 with Image.open(file) as img:
-                    images.append(np.asarray(img.convert("RGB")))
-                labels.append(label)
+                    pixels = np.asarray(img.convert("RGB"))
+            except (OSError, UnidentifiedImageError) as err:
+                raise DataUnavailableError(f"image {file} cannot be decoded ({type(err).__name__}); "
+                                           "replace or remove it") from None
+            if images and pixels.shape != images[0].shape:
+                h, w = images[0].shape[:2]
+                raise DataUnavailableError(
+                    f"image {file} is {pixels.shape[1]}x{pixels.shape[0]} pixels, the others "
+                    f"{w}x{h}: resize it or remove it (every image must have the same size)")
+            images.append(pixels)
+            labels.append(label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.long), classes
 
@@ -99,9 +116,11 @@ def _folder_fingerprint(root: Path) -> list[int]:
 
 def unpack_archive(archive: Path) -> Path:
     """Extract a .tar/.tar.gz/.tgz once into the cache; return the folder holding train/ and test/."""
+    import gzip
     import shutil
     import tarfile
     import tempfile
+    import zlib
 
     key = config_hash("archive", str(archive), archive.stat().st_size, archive.stat().st_mtime)
     target = cache_dir() / "data" / f"{archive.name.split('.')[0]}-{key}"
@@ -112,6 +131,11 @@ def unpack_archive(archive: Path) -> Path:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
             tmp.rename(target)  # atomic: a half-extracted folder never carries the final name
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataUnavailableError(
+                f"archive {archive} cannot be unpacked ({reason}): it is truncated or corrupt; "
+                "copy it again, or point UPGP_DATA / --data at an unpacked folder") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     found = [p.parent for p in sorted(target.rglob("train")) if (p.parent / "test").is_dir()]
@@ -140,6 +164,10 @@ def load_image_folder(path: str | Path) -> ImageData:
         x_test, y_test, test_classes = _read_image_folder(root / "test")
         if test_classes != classes:
             raise DataUnavailableError(f"train and test class folders differ under {root}")
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise DataUnavailableError(
+                f"test images under {root / 'test'} are {x_test.shape[3]}x{x_test.shape[2]} "
+                f"pixels, training images {x_train.shape[3]}x{x_train.shape[2]}: both must match")
         cached = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                       classes=list(classes))
         save_tensors(cache_file, cached)

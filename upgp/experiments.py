@@ -241,6 +241,9 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
               else get_preset(preset, attack.name, arch, **overrides))
     create_model(arch)  # fail early on an unknown architecture
     images, fingerprint = load_data_cached(preset, data, seed)
+    if not 0 <= preset.target < images.num_classes:
+        raise ValueError(f"target label {preset.target} is outside 0..{images.num_classes - 1} "
+                         f"(the {images.num_classes} classes of {images.source})")
     train_idx, reserve_idx = split_reserve(len(images.y_train), preset.reserve_ratio, seed)
     attack_info = {}
     if attack.needs_surrogate:

@@ -70,16 +70,42 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+def check_writable(path: Path | None, flag: str, folder: bool = False) -> None:
+    """Fail before any work, in one line, where ``path`` (a file, or a ``folder``) cannot be
+    written: its folder is created if missing and a scratch file is made and removed there."""
+    if path is None:
+        return
+    if not folder and path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    where = path if folder else path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=where, prefix=".upgp-write-check-")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err}); "
+                         "choose a path in a writable folder") from None
+
+
+CACHE_FORMAT = 1  # the layout of what save_tensors writes; a file without the field is format 1
+
+
+class CacheFormatError(ValueError):
+    """A cache file written in another cache format (by another version of this package)."""
+
+
 def save_tensors(path: Path, obj: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a dict of tensors and plain values."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """Atomically ``torch.save`` a dict of tensors and plain values, with its cache format."""
+    atomic_write(path, lambda tmp: torch.save({**obj, "cache_format": CACHE_FORMAT}, tmp))
 
 
 def load_tensors(path: Path) -> dict[str, Any] | None:
     """Load what ``save_tensors`` wrote, safely (``weights_only=True``).
 
     Returns None when the file is missing; a corrupt file is reported, deleted and treated as
-    missing, so the caller rebuilds it.
+    missing, so the caller rebuilds it. A file of another cache format raises
+    ``CacheFormatError`` (it is left in place: it may be another version's valid result).
     """
     if not path.exists():
         return None
@@ -87,11 +113,16 @@ def load_tensors(path: Path) -> dict[str, Any] | None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict):
             raise ValueError(f"expected a dict, found {type(obj).__name__}")
-        return obj
     except Exception as err:  # any failure to load means the cache cannot be trusted
         warnings.warn(f"corrupt cache file {path} ({err}); rebuilding it", stacklevel=2)
         path.unlink(missing_ok=True)
         return None
+    found = obj.pop("cache_format", 1)
+    if found != CACHE_FORMAT:
+        raise CacheFormatError(
+            f"cache file {path} is in cache format {found!r}, this upgp reads format "
+            f"{CACHE_FORMAT}: delete the file to rebuild it, or set UPGP_CACHE to another folder")
+    return obj
 
 
 def load_json(path: Path) -> Any | None:

@@ -26,18 +26,42 @@ def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
 
 
+_SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+_TYPE_WORDS = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+               str: "a string"}
+
+
+def checked_value(owner: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` for the field or parameter ``name`` of ``owner`` annotated ``annotation``, or a
+    one-line error naming both and the expected type. Checks the scalar annotations (bool, int,
+    float, str; an int passes for a float, unconverted, so cache keys made from it hold); other
+    annotations pass as is."""
+    kind = _SCALARS.get(annotation if isinstance(annotation, str) else
+                        getattr(annotation, "__name__", ""))
+    if kind is None:
+        return value
+    accepted = (int, float) if kind is float else kind
+    if isinstance(value, accepted) and (kind is bool or not isinstance(value, bool)):
+        return value
+    given = _TYPE_WORDS.get(type(value), f"a {type(value).__name__}")
+    raise ValueError(f"{owner} {name}={value!r} is {given}; {name} takes {_TYPE_WORDS[kind]}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Base of every settings dataclass (presets, UPGP and defense configs): validated ``replace``."""
 
     def replace(self, **changes: Any) -> Any:
-        """A copy with ``changes``; unknown field names raise a one-line error listing the valid ones."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
+        """A copy with ``changes``; an unknown field name or a value of the wrong type raises a
+        one-line error (the valid names, or the field's type)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - set(fields))
         if unknown:
             raise ValueError(f"unknown {type(self).__name__} field(s) {unknown}; "
                              f"choose from: {', '.join(sorted(fields))}")
-        return dataclasses.replace(self, **changes)
+        owner = type(self).__name__
+        return dataclasses.replace(self, **{k: checked_value(owner, k, v, fields[k].type)
+                                            for k, v in changes.items()})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import pandas as pd
 from .attacks import create_attack
 from .io import atomic_write
 from .method import UPGPConfig
+from .presets import PRESETS, check_choice, checked_value
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -122,6 +123,44 @@ def cli_runs(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _declared(notebook: Path) -> dict[str, dict[str, Any]]:
+    """The parameters of ``notebook``'s tagged cell, as ``papermill --help-notebook`` lists them."""
+    import papermill as pm
+
+    return pm.inspect_notebook(str(notebook))
+
+
+def parse_parameters(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Command-line ``-p NAME VALUE`` pairs for notebook ``name``: a string parameter takes the
+    text as written, any other its JSON literal (``3``, ``0.5``, ``true``)."""
+    declared = _declared(resolve([name])[0])
+    out: dict[str, Any] = {}
+    for key, text in pairs:
+        if declared.get(key, {}).get("inferred_type_name") == "str":
+            out[key] = text
+            continue
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
+    """One-line error unless every name in ``parameters`` is a parameter of ``notebook`` (as
+    ``papermill --help-notebook`` lists them) with a value of its type, and a ``preset`` is known."""
+    declared = _declared(notebook)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"notebook {notebook.stem} has no parameter {', '.join(unknown)}; "
+                         f"its parameters: {', '.join(declared)}")
+    for name, value in parameters.items():
+        checked_value(f"notebook {notebook.stem} parameter", name, value,
+                      declared[name]["inferred_type_name"])
+    if "preset" in parameters:
+        check_choice("preset", parameters["preset"], PRESETS)
+
+
 def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: Path,
             results: Path) -> float:
     """Run one notebook with papermill; returns its wall time in seconds."""
@@ -148,10 +187,12 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: P
 def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
               parameters: dict[str, Any] | None = None) -> pd.DataFrame:
     """Execute the notebooks at ``preset``; return (and save) a table of status and wall time."""
+    selected = resolve(only)
+    for nb in selected:
+        check_parameters(nb, {"preset": preset, **(parameters or {})})
     base = ROOT / "book" if preset == BOOK_PRESET else ROOT / "runs" / preset
     results = ROOT / "results" / preset
     rows = []
-    selected = resolve(only)
     for i, nb in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {nb.stem} (preset {preset}) ...", flush=True)
         try:
@@ -178,6 +219,7 @@ def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
 def run_one(name: str, parameters: dict[str, Any], output: Path | None = None) -> Path:
     """Rerun one notebook with other parameters into ``runs/`` (never over the book)."""
     nb = resolve([name])[0]
+    check_parameters(nb, parameters)
     tag = "-".join(f"{k}={v}" for k, v in sorted(parameters.items())) or "default"
     base = output or ROOT / "runs" / f"{nb.stem}-{tag}"
     preset = str(parameters.get("preset", BOOK_PRESET))

@@ -9,16 +9,19 @@ hash) and computes only the rest. Backdoored models and defense results are also
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
+from .attacks import create_attack
 from .defenses import defense_config
 from .experiments import Scenario, backdoored_model, run_defense
 from .io import atomic_write, config_hash
-from .presets import get_preset
+from .models import MODELS
+from .presets import check_choice, get_preset
 
 KEY = ["preset", "epochs", "defense", "attack", "arch", "seed", "config_id"]
 
@@ -84,19 +87,23 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
     ``settings`` maps a defense name to config changes (as ``upgp defend --set``).
     """
     out = Path(out)
-    defenses, attacks, archs, seeds = list(defenses), list(attacks), list(archs), list(seeds)
     table = read_table(out)
     done = {tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)}
-    jobs = [(a, m, s, d) for a in attacks for m in archs for s in seeds for d in defenses]
-    bar = tqdm(jobs, disable=not progress, desc="sweep")
-    scenarios: dict[tuple, Scenario] = {}
-    wanted = set()
-    for attack, arch, seed, defense in bar:
+    for attack in attacks:  # every name and setting is checked before the first run
+        create_attack(attack)
+    for arch in archs:
+        check_choice("model", arch, sorted(MODELS))
+    jobs = []
+    for attack, arch, seed, defense in product(attacks, archs, seeds, defenses):
         preset_ = get_preset(preset, attack, arch)
         config = defense_config(defense, preset_, seed, **(settings or {}).get(defense, {}))
         key = (preset, str(preset_.epochs), defense, attack, arch, str(seed),
                config_hash(config, length=8))
-        wanted.add(key)
+        jobs.append((attack, arch, seed, defense, preset_, config, key))
+    wanted = {job[-1] for job in jobs}
+    bar = tqdm(jobs, disable=not progress, desc="sweep")
+    scenarios: dict[tuple, Scenario] = {}
+    for attack, arch, seed, defense, preset_, config, key in bar:
         if key in done:
             continue
         bar.set_postfix_str(f"{defense} on {attack}/{arch}/seed {seed}")

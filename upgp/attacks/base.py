@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..presets import check_choice
+from ..presets import check_choice, checked_value
 
 ATTACKS: dict[str, Callable[..., Attack]] = {}
 
@@ -41,12 +41,15 @@ def create_attack(name: str, label_mode: str = "all2one", **params) -> Attack:
     """
     check_choice("attack", name, sorted(ATTACKS))
     check_choice("label mode", label_mode, LABEL_MODES)
-    allowed = [k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"]
+    signature = inspect.signature(ATTACKS[name]).parameters
+    allowed = [k for k in signature if k != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for attack {name!r}; "
                          f"allowed: {', '.join(allowed) or 'none'}")
-    attack = ATTACKS[name](**params)
+    attack = ATTACKS[name](**{k: checked_value(f"attack {name!r} parameter", k, v,
+                                               signature[k].annotation)
+                              for k, v in params.items()})
     if label_mode != "all2one":
         if attack.clean_label:
             raise ValueError(f"label mode {label_mode!r} needs a dirty-label attack; {name!r} "

@@ -23,11 +23,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..presets import Settings
+from ..presets import Settings, check_choice
 from ..train import accuracy
-from .detection import Detection, detect, robust_z
-from .perturbation import Perturbation, unlearning_perturbation
+from .detection import RULES, Detection, detect, robust_z
+from .perturbation import UNLEARNING_LOSSES, Perturbation, unlearning_perturbation
 from .projection import (
+    PROJECTIONS,
     gpm_bases,
     orthonormal_basis,
     project_gpm,
@@ -35,8 +36,9 @@ from .projection import (
     project_out_per_layer,
     project_out_subspace,
 )
-from .repair import check_repair_options, projected_repair
+from .repair import REPAIR_SELECTIONS, TRIGGER_FORMS, projected_repair
 from .sensitivity import (
+    SCORES,
     calibrate_on_reserve,
     first_order_loss_change,
     flat_delta,
@@ -48,7 +50,7 @@ from .sensitivity import (
     per_sample_outputs,
     sensitivity_scores,
 )
-from .unlearning import RemovalLog, merge_logs, projected_unlearning
+from .unlearning import REMOVAL_LOSSES, RemovalLog, merge_logs, projected_unlearning
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,21 @@ class UPGPConfig(Settings):
     HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
         "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
         "repair_trigger_share", "repair_select", "repair_trigger", "calibrate", "reserve_fpr")
+
+    def __post_init__(self) -> None:
+        for what, value, allowed in (
+                ("unlearning loss", self.perturb_loss, UNLEARNING_LOSSES),
+                ("sensitivity score", self.score, SCORES), ("detection rule", self.rule, RULES),
+                ("projection", self.projection, PROJECTIONS),
+                ("removal loss", self.removal_loss, REMOVAL_LOSSES),
+                ("repair selection", self.repair_select, REPAIR_SELECTIONS),
+                ("trigger form", self.repair_trigger, TRIGGER_FORMS)):
+            check_choice(what, value, allowed)
+        if self.removal_rounds < 1 or self.repair_steps < 0:
+            raise ValueError(f"removal_rounds {self.removal_rounds} / repair_steps "
+                             f"{self.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
+        if not 0.0 < self.holdout_ratio < 1.0:
+            raise ValueError(f"holdout_ratio {self.holdout_ratio} is outside (0, 1)")
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
@@ -243,10 +260,6 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     rounds, each counts its steps from 0).
     The input model is not modified.
     """
-    if config.removal_rounds < 1 or config.repair_steps < 0:
-        raise ValueError(f"removal_rounds {config.removal_rounds} / repair_steps "
-                         f"{config.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
-    check_repair_options(config.repair_select, config.repair_trigger)
     x, y = train_set
     x_fit, y_fit, x_hold, y_hold = split_holdout(*reserve, config.holdout_ratio, config.seed)
     seconds: dict[str, float] = {}
