@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from upgp.reproduce import ROOT, notebooks, reproduce, results_dir, run_one
+from upgp.reproduce import ROOT, notebook_parameters, notebooks, reproduce, results_dir, run_one
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,12 @@ def test_every_notebook_has_parameters_and_no_outputs():
 
 
 def test_notebooks_execute_at_smoke_preset(tmp_path, monkeypatch):
-    table = reproduce("smoke")
+    table = reproduce("smoke", jobs=2)
     assert list(table.status) == ["ok"] * len(notebooks()), table.to_string()
     # one command reruns a chapter for one attack; from an empty cache it reproduces that row
     monkeypatch.setenv("UPGP_CACHE", str(tmp_path / "fresh-cache"))
-    params = {"preset": "smoke", "attacks": "blended", "archs": "vgg19_bn"}
+    params = notebook_parameters("04_main_results", "smoke",
+                                 {"attacks": "blended", "archs": "vgg19_bn", "extra_seeds": ""})
     rerun = run_one("04_main_results", params, tmp_path / "rerun")
     row = pd.read_csv(rerun.parent / "results" / "main_results.csv")
     book = pd.read_csv(results_dir("smoke") / "main_results.csv")

@@ -160,9 +160,11 @@ def test_rejected_check_undoes_and_backtracks(smoke_scenario, backtracks):
     x_f, y_f = sc.train.x[sc.train.poison_idx], sc.train.y[sc.train.poison_idx]
     x_h, y_h = sc.reserve_x[:100], sc.reserve_y[:100]
     # any held-out loss is rejected, and a huge step size makes sure there is some
-    model, log = projected_unlearning(sc.model, x_f, y_f, sc.reserve_x, sc.reserve_y, x_h, y_h,
-                                      lr=1.0, max_steps=20, check_every=2, max_holdout_drop=-1.0,
-                                      max_backtracks=backtracks)
+    config = UPGPConfig(projection="vector", removal_loss="ascent", removal_lr=1.0,
+                        removal_max_steps=20, check_every=2, max_holdout_drop=-1.0,
+                        removal_backtracks=backtracks)
+    model, log = projected_unlearning(sc.model, (x_f, y_f), (sc.reserve_x, sc.reserve_y),
+                                      (x_h, y_h), config)
     assert log.steps == 0 and log.backtracks == backtracks
     assert log.final_lr == pytest.approx(1.0 / 2 ** backtracks)
     assert log.stop_reason == "held-out reserve accuracy dropped"
@@ -217,10 +219,10 @@ def test_projected_repair_leaves_the_flagged_loss_and_keeps_the_best_check(smoke
 
     moved = {}
     for project in (True, False):  # one batch holds all of B, so g_B is exact
-        model, log = projected_repair(start, sc.reserve_x, sc.reserve_y, sc.reserve_x,
-                                      sc.reserve_y, x_f, y_f, project=project, lr=0.003,
-                                      max_steps=4, check_every=4, max_flagged_rise=1.0,
-                                      bf16=False)
+        config = UPGPConfig(repair_project=project, repair_lr=0.003, repair_steps=4,
+                            check_every=4, repair_max_flagged_rise=1.0, bf16=False)
+        reserve = (sc.reserve_x, sc.reserve_y)
+        model, log = projected_repair(start, reserve, reserve, (x_f, y_f), config)
         assert log.stop_reason == "step budget" and log.steps == 4
         holdout = accuracy(model, sc.reserve_x, sc.reserve_y, bf16=False)
         assert holdout == max(log.holdout_accuracy)  # the best check is returned
@@ -236,9 +238,10 @@ def test_repair_stops_when_the_flagged_set_is_relearned(smoke_scenario):
     sc = smoke_scenario
     start = sc.model
     x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
-    model, log = projected_repair(start, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y,
-                                  x_f, y_f, lr=0.01, max_steps=6, check_every=2,
-                                  max_flagged_rise=-1.0)  # every check counts as relearning
+    reserve = (sc.reserve_x, sc.reserve_y)
+    config = UPGPConfig(repair_lr=0.01, repair_steps=6, check_every=2,
+                        repair_max_flagged_rise=-1.0)  # every check counts as relearning
+    model, log = projected_repair(start, reserve, reserve, (x_f, y_f), config)
     assert log.stop_reason == "flagged set relearned" and log.steps == 0
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters()))
 
@@ -285,14 +288,15 @@ def test_repair_with_the_estimated_trigger_moves_the_model_differently(smoke_sce
 
     sc = smoke_scenario
     x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
-    common = dict(lr=0.01, max_steps=4, check_every=4, max_flagged_rise=1.0, bf16=False)
-    args = (sc.model, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y, x_f, y_f)
-    plain, _ = projected_repair(*args, **common)
-    stamped, log = projected_repair(*args, trigger_share=0.5, **common)
+    config = UPGPConfig(repair_lr=0.01, repair_steps=4, check_every=4,
+                        repair_max_flagged_rise=1.0, bf16=False)
+    args = (sc.model, (sc.reserve_x, sc.reserve_y), (sc.reserve_x, sc.reserve_y), (x_f, y_f))
+    plain, _ = projected_repair(*args, config)
+    stamped, log = projected_repair(*args, config.replace(repair_trigger_share=0.5))
     assert log.steps_taken == 4
     assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), stamped.parameters()))
-    with pytest.raises(ValueError, match="trigger_share 1.5 is outside"):
-        projected_repair(*args, trigger_share=1.5, **common)
+    with pytest.raises(ValueError, match="repair_trigger_share 1.5 is outside"):
+        config.replace(repair_trigger_share=1.5)
 
 
 def test_stamped_selection_keeps_the_check_with_the_best_mean_of_both_holdouts(smoke_scenario):
@@ -302,10 +306,11 @@ def test_stamped_selection_keeps_the_check_with_the_best_mean_of_both_holdouts(s
 
     sc = smoke_scenario
     x_f, y_f = sc.train.x[sc.train.poison_idx[:100]], sc.train.y[sc.train.poison_idx[:100]]
-    args = (sc.model, sc.reserve_x, sc.reserve_y, sc.reserve_x, sc.reserve_y, x_f, y_f)
-    model, log = projected_repair(*args, lr=0.01, max_steps=6, check_every=2,
-                                  max_flagged_rise=1.0, bf16=False, trigger_share=0.5,
-                                  select="stamped")
+    args = (sc.model, (sc.reserve_x, sc.reserve_y), (sc.reserve_x, sc.reserve_y), (x_f, y_f))
+    config = UPGPConfig(repair_lr=0.01, repair_steps=6, check_every=2,
+                        repair_max_flagged_rise=1.0, bf16=False, repair_trigger_share=0.5,
+                        repair_select="stamped")
+    model, log = projected_repair(*args, config)
     assert len(log.stamped_accuracy) == len(log.holdout_accuracy) == 4  # step 0 and 3 checks
     merits = [(h + s) / 2 for h, s in zip(log.holdout_accuracy, log.stamped_accuracy)]
     kept = max(i for i, m in enumerate(merits) if m == max(merits))  # the latest on ties
@@ -314,15 +319,13 @@ def test_stamped_selection_keeps_the_check_with_the_best_mean_of_both_holdouts(s
     assert log.final_stamped_accuracy == accuracy(model, x_stamped, sc.reserve_y, bf16=False)
     assert log.final_stamped_accuracy == log.stamped_accuracy[kept]
     # with trigger="affine", the stamped accuracy is measured on the affine stamp
-    affine_model, affine = projected_repair(*args, lr=0.01, max_steps=6, check_every=2,
-                                            max_flagged_rise=1.0, bf16=False, trigger_share=0.5,
-                                            select="stamped", trigger="affine")
+    affine_model, affine = projected_repair(*args, config.replace(repair_trigger="affine"))
     x_affine = stamp(sc.reserve_x, estimated_trigger(x_f, sc.reserve_x, "affine"))
     assert affine.final_stamped_accuracy == accuracy(affine_model, x_affine, sc.reserve_y,
                                                      bf16=False)
     with pytest.raises(ValueError, match="unknown repair selection 'best'; choose one of: "
                                          "holdout, stamped"):
-        projected_repair(*args, max_steps=2, select="best")
+        config.replace(repair_select="best")
 
 
 def test_repair_fields_keep_old_cache_keys_until_set():

@@ -174,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
-    table = reproduce(args.preset, args.only or None)
+    table = reproduce(args.preset, args.only or None, jobs=args.jobs)
     print(table.to_string(index=False))
     if (table.status != "ok").any():
         raise SystemExit(1)
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep = sub.add_parser("reproduce", help="execute the book's notebooks with papermill")
     p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
     p_rep.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")
+    p_rep.add_argument("--jobs", type=int, default=1,
+                       help="notebooks run at a time, each with cores / jobs threads (default 1)")
     p_rep.set_defaults(func=cmd_reproduce)
     p_run = sub.add_parser("run", help="rerun one notebook with other parameters into runs/")
     p_run.add_argument("notebook", help="notebook name, number or path")

@@ -356,7 +356,7 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
                                 scenario.seed)
     start = time.perf_counter()
     model, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y), reserve,
-                                config, flagged)
+                                config, flagged=flagged)
     result = defense_result(scenario, "upgp", config, model, time.perf_counter() - start)
     result.update(detection=report.detection.evaluate(scenario.train.is_poisoned),
                   upgp=report.summary(), reserve_size=len(reserve[1]))

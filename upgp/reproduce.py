@@ -1,6 +1,7 @@
 """Execute the book's notebooks with papermill: ``upgp reproduce`` and ``upgp run``.
 
-``reproduce(preset)`` runs every notebook in ``notebooks/`` with ``preset`` injected. The executed
+``reproduce(preset)`` runs every notebook in ``notebooks/`` with ``preset`` injected (at the
+smoke preset, with the smaller grid of ``SMOKE_GRID``), several at a time with ``jobs``. The executed
 copies of the book's own preset (cpu) go to ``book/notebooks/`` and figures to ``book/figures/``;
 other presets write under ``runs/<preset>/`` so they never overwrite the published book. Tidy
 results go to ``results/<preset>/``. A failing notebook is reported; the others still run.
@@ -13,7 +14,9 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,50 +164,103 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
         check_choice("preset", parameters["preset"], PRESETS)
 
 
-def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: Path,
-            results: Path) -> float:
-    """Run one notebook with papermill; returns its wall time in seconds."""
-    import papermill as pm
-
-    output.parent.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def _kernel_environment(figures: Path, results: Path, threads: int | None = None
+                        ) -> Iterator[None]:
+    """Set what the kernels inherit from the runner (figure and results folders, and with
+    ``threads`` each kernel's CPU threads); the runner's environment is restored after."""
     figures.mkdir(parents=True, exist_ok=True)
     env = {"UPGP_FIGURES": str(figures), "UPGP_RESULTS": str(results)}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the runner's environment
-    start = time.perf_counter()
+    os.environ.update(env)
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters,
-                            cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _papermill(notebook: Path, output: Path, parameters: dict[str, Any]) -> float:
+    """Run one notebook with papermill in the current environment; returns its wall time."""
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    pm.execute_notebook(str(notebook), str(output), parameters=parameters,
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
     return time.perf_counter() - start
 
 
+def execute(notebook: Path, output: Path, parameters: dict[str, Any], figures: Path,
+            results: Path) -> float:
+    """Run one notebook with papermill; returns its wall time in seconds."""
+    with _kernel_environment(figures, results):
+        return _papermill(notebook, output, parameters)
+
+
+# The smoke preset checks that every chapter runs end to end on synthetic data; it is not a
+# result. Its grid is each chapter's own cut down so that every code path still runs once
+# (every attack is trained and defended at smoke by tests/test_end_to_end.py).
+SMOKE_GRID: dict[str, dict[str, Any]] = {
+    "01_unlearning_perturbation": {"attacks": "badnets,blended,wanet", "stop_levels": "0.5,0.1"},
+    "03_detection": {"attacks": "badnets,blended,wanet"},
+    "04_main_results": {"attacks": "badnets,blended,wanet", "extra_seeds": "1",
+                        "seed_attacks": "blended"},
+    "05_baselines": {"attacks": "badnets,blended"},
+    "06_ablations": {"z_thresholds": "2.5,3.0", "strengths": "0.5,0.1",
+                     "reserve_fractions": "0.4,1.0", "removal_budget": 40, "poison_ratios": "0.05,0.1",
+                     "redirection_attacks": "badnets,blended", "removal_losses": "bounded,ascent"},
+    "07_cost": {"attacks": "badnets,blended,wanet", "baseline_attacks": "badnets,blended"},
+    "08_repair_selection": {"seeds": "0", "attacks": "badnets,blended"},
+    "09_reemergence": {"seeds": "0", "attacks": "badnets,blended"},
+    "10_reserve_calibration": {"models": "vgg19_bn:0;preact_resnet18:0", "attacks": "badnets,blended"},
+    "11_projection_seeds": {"models": "vgg19_bn:0;preact_resnet18:0", "attacks": "badnets,blended"},
+}
+
+
+def notebook_parameters(notebook: str, preset: str, parameters: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """What ``reproduce`` runs ``notebook`` with: the preset, at smoke its ``SMOKE_GRID``, then
+    ``parameters`` over both."""
+    grid = SMOKE_GRID.get(notebook, {}) if preset == "smoke" else {}
+    return {"preset": preset, **grid, **(parameters or {})}
+
+
 def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
-              parameters: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Execute the notebooks at ``preset``; return (and save) a table of status and wall time."""
+              parameters: dict[str, Any] | None = None, jobs: int = 1) -> pd.DataFrame:
+    """Execute the notebooks at ``preset``, ``jobs`` at a time (each kernel then gets
+    cores / jobs CPU threads); return (and save) a table of status and wall time, in chapter
+    order. Notebooks share the model and defense caches, whose writes are atomic."""
     selected = resolve(only)
+    runs = {nb.stem: notebook_parameters(nb.stem, preset, parameters) for nb in selected}
     for nb in selected:
-        check_parameters(nb, {"preset": preset, **(parameters or {})})
+        check_parameters(nb, runs[nb.stem])
+    if jobs < 1:
+        raise ValueError(f"jobs {jobs} must be >= 1")
     base = ROOT / "book" if preset == BOOK_PRESET else ROOT / "runs" / preset
     results = ROOT / "results" / preset
-    rows = []
-    for i, nb in enumerate(selected, 1):
-        print(f"[{i}/{len(selected)}] {nb.stem} (preset {preset}) ...", flush=True)
+
+    def run(nb: Path) -> dict[str, Any]:
+        print(f"{nb.stem} (preset {preset}) ...", flush=True)
         try:
-            seconds = execute(nb, base / "notebooks" / nb.name,
-                              {"preset": preset, **(parameters or {})}, base / "figures", results)
-            rows.append({"notebook": nb.stem, "status": "ok", "seconds": round(seconds, 1)})
-            print(f"    ok in {seconds:.0f} s", flush=True)
+            seconds = _papermill(nb, base / "notebooks" / nb.name, runs[nb.stem])
+            print(f"    {nb.stem} ok in {seconds:.0f} s", flush=True)
+            return {"notebook": nb.stem, "status": "ok", "seconds": round(seconds, 1)}
         except Exception as err:  # report and go on with the next notebook
-            rows.append({"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
-                         "seconds": float("nan")})
-            print(f"    FAILED: {err}".splitlines()[0][:300], flush=True)
+            print(f"    {nb.stem} FAILED: {err}".splitlines()[0][:300], flush=True)
             traceback.print_exc(limit=1)
+            return {"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
+                    "seconds": float("nan")}
+
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    with _kernel_environment(base / "figures", results, threads):
+        with ThreadPoolExecutor(jobs) as pool:
+            rows = list(pool.map(run, selected))
     table = pd.DataFrame(rows)
     times = results / "notebook_times.csv"
     merged = table

@@ -15,20 +15,25 @@ of ``UPGPConfig``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..presets import Settings, check_choice
-from ..train import accuracy
-from .detection import RULES, Detection, detect, robust_z
-from .perturbation import UNLEARNING_LOSSES, Perturbation, unlearning_perturbation
+from .config import UPGPConfig
+from .detection import (
+    Detection,
+    backdoor_evidence,
+    clean_share_estimate,
+    detect,
+    robust_z,
+)
+from .perturbation import Perturbation, unlearning_perturbation
 from .projection import (
-    PROJECTIONS,
     gpm_bases,
     orthonormal_basis,
     project_gpm,
@@ -36,9 +41,8 @@ from .projection import (
     project_out_per_layer,
     project_out_subspace,
 )
-from .repair import REPAIR_SELECTIONS, TRIGGER_FORMS, projected_repair
+from .repair import projected_repair, remove_and_repair
 from .sensitivity import (
-    SCORES,
     calibrate_on_reserve,
     first_order_loss_change,
     flat_delta,
@@ -50,100 +54,7 @@ from .sensitivity import (
     per_sample_outputs,
     sensitivity_scores,
 )
-from .unlearning import REMOVAL_LOSSES, RemovalLog, merge_logs, projected_unlearning
-
-
-@dataclass(frozen=True)
-class UPGPConfig(Settings):
-    """Every setting of UPGP (defaults: the CPU-scale choices documented in the book)."""
-
-    # 1. unlearning perturbation
-    perturb_loss: str = "max_entropy"  # "max_entropy" or "ascent"
-    perturb_lr: float = 0.01
-    perturb_batch: int = 256
-    perturb_max_steps: int = 50
-    perturb_stop_accuracy: float = 0.3  # stop once reserve accuracy <= this
-    clip_norm: float = 5.0
-    # 2. sensitivity score
-    score: str = "loss_after"  # "loss_after", "loss_change", "confidence_change"
-    # 3. detection
-    calibrate: bool = False  # divide each score by its label's median on the held-out reserve
-    rule: str = "gmm"  # "gmm", "robust_z" or "reserve_quantile"
-    z_threshold: float = 2.5
-    per_class: bool = False
-    reserve_fpr: float = 0.01  # reserve_quantile: flag below this quantile of held-out reserve scores
-    # 4. removal
-    projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
-    removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
-    removal_lr: float = 1e-4
-    removal_batch: int = 128
-    removal_max_steps: int = 300
-    stop_flagged_accuracy: float = 0.1
-    max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
-    removal_backtracks: int = 0  # on a rejected check: undo, halve the step size, go on (this often)
-    check_every: int = 5
-    subspace_k: int = 4
-    gpm_energy: float = 0.97
-    # 5. repair (optional): fine-tune on the reserve along g_N projected off g_B (repair.py)
-    repair_steps: int = 0  # per round; 0: the four steps of the paper only
-    repair_lr: float = 0.003
-    repair_project: bool = True  # False: plain fine-tuning, same stopping rule
-    repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
-    repair_trigger_share: float = 0.0  # share of each repair batch stamped with the trigger estimate
-    repair_select: str = "holdout"  # check kept: "holdout" or "stamped" (+ stamped held-out acc)
-    repair_trigger: str = "shift"  # form of the stamped trigger: "shift" x + c or "affine" s x + c
-    removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
-    # the reserve is split: one part makes gradients, the held-out part judges stopping
-    holdout_ratio: float = 0.5
-    seed: int = 0
-    bf16: bool = True
-
-    # added after results were cached: hashed only when set, so cache keys made before hold
-    HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
-        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
-        "repair_trigger_share", "repair_select", "repair_trigger", "calibrate", "reserve_fpr")
-
-    def __post_init__(self) -> None:
-        for what, value, allowed in (
-                ("unlearning loss", self.perturb_loss, UNLEARNING_LOSSES),
-                ("sensitivity score", self.score, SCORES), ("detection rule", self.rule, RULES),
-                ("projection", self.projection, PROJECTIONS),
-                ("removal loss", self.removal_loss, REMOVAL_LOSSES),
-                ("repair selection", self.repair_select, REPAIR_SELECTIONS),
-                ("trigger form", self.repair_trigger, TRIGGER_FORMS)):
-            check_choice(what, value, allowed)
-        if self.removal_rounds < 1 or self.repair_steps < 0:
-            raise ValueError(f"removal_rounds {self.removal_rounds} / repair_steps "
-                             f"{self.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
-        if not 0.0 < self.holdout_ratio < 1.0:
-            raise ValueError(f"holdout_ratio {self.holdout_ratio} is outside (0, 1)")
-
-    def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
-        """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
-
-        The repair may raise the flagged set's accuracy by ``repair_max_flagged_rise``, so removal
-        aims that much lower: target_removal = stop_flagged_accuracy - repair_max_flagged_rise,
-        and a round whose removal reaches its target ends at or under the four-step target.
-        Where the last round's removal stops above its target (held-out or step budget), the end
-        may sit up to the allowed rise above where removal stopped (``flagged_accuracy_after``).
-        """
-        if self.repair_steps:
-            raise ValueError(f"with_repair on a config that already repairs "
-                             f"(repair_steps {self.repair_steps}); call it on a four-step config")
-        if steps < 1:
-            raise ValueError(f"repair steps {steps} must be >= 1 (0 is the four-step config)")
-        return self.replace(repair_steps=steps, removal_rounds=rounds,
-                            stop_flagged_accuracy=round(
-                                self.stop_flagged_accuracy - self.repair_max_flagged_rise, 10))
-
-    def without_projection(self) -> UPGPConfig:
-        """The ablation of the projection: the same detection and step budgets, with removal
-        (and the repair, when there is one) along the raw gradients (``upgp defend
-        --no-projection``)."""
-        changes: dict[str, Any] = {"projection": "none"}
-        if self.repair_steps:  # repair_project is hashed only when set: leave it alone otherwise
-            changes["repair_project"] = False
-        return self.replace(**changes)
+from .unlearning import RemovalLog, projected_unlearning
 
 
 def perturb_from_config(model: nn.Module, x_fit: Tensor, y_fit: Tensor, config: UPGPConfig,
@@ -182,7 +93,9 @@ def perturb_and_score(model: nn.Module, x: Tensor, y: Tensor, reserve_fit: tuple
 def detect_from_config(scores: Tensor, labels: Tensor, reference: Tensor,
                        reference_labels: Tensor, config: UPGPConfig) -> tuple[Tensor, Detection]:
     """Step 3 as ``config`` sets it: the scores, divided by each label's held-out reserve median
-    when ``calibrate``, then flagged by ``rule``. Returns (the scores detection saw, detection).
+    when ``calibrate``, then flagged by ``rule``; with ``evidence_z``, a training set whose low
+    tail is no heavier than clean images give is "nothing to remove" and only that tail (about
+    ``reserve_fpr`` of it) is flagged. Returns (the scores detection saw, detection).
 
     ``reference``: the scores of the held-out reserve images (``reference_labels``) under the
     same perturbation.
@@ -191,8 +104,16 @@ def detect_from_config(scores: Tensor, labels: Tensor, reference: Tensor,
         scores, reference = (calibrate_on_reserve(scores, labels, reference, reference_labels),
                              calibrate_on_reserve(reference, reference_labels, reference,
                                                   reference_labels))
-    return scores, detect(scores, labels, config.rule, config.z_threshold, config.per_class,
-                          config.seed, reference, config.reserve_fpr)
+    detection = detect(scores, labels, config.rule, config.z_threshold, config.per_class,
+                       config.seed, reference, config.reserve_fpr)
+    if config.evidence_z > 0:  # extension: "nothing to remove" unless the low tail says otherwise
+        found, below, evidence = backdoor_evidence(scores, reference, config.reserve_fpr,
+                                                   config.evidence_z)
+        detection = (Detection(detection.flagged, detection.suspicion, detection.rule,
+                               detection.threshold, True, evidence) if found else
+                     Detection(below, detection.suspicion, "nothing to remove",
+                               config.reserve_fpr, False, evidence))
+    return scores, detection
 
 
 def split_holdout(x: Tensor, y: Tensor, ratio: float, seed: int
@@ -249,7 +170,7 @@ def subsample_reserve(x: Tensor, y: Tensor, size: int, seed: int) -> tuple[Tenso
 
 
 def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
-                reserve: tuple[Tensor, Tensor], config: UPGPConfig = UPGPConfig(),
+                reserve: tuple[Tensor, Tensor], config: UPGPConfig | None = None, *,
                 flagged: Tensor | None = None,
                 on_check: Callable[[int, nn.Module], None] | None = None
                 ) -> tuple[nn.Module, UPGPReport]:
@@ -260,50 +181,30 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
     rounds, each counts its steps from 0).
     The input model is not modified.
     """
+    config = UPGPConfig() if config is None else config
     x, y = train_set
     x_fit, y_fit, x_hold, y_hold = split_holdout(*reserve, config.holdout_ratio, config.seed)
     seconds: dict[str, float] = {}
     pert, scores, reference = perturb_and_score(model, x, y, (x_fit, y_fit), (x_hold, y_hold),
-                                                config, seconds)
-
+                                                config, seconds)  # steps 1-2
     start = time.perf_counter()
-    scores, detection = detect_from_config(scores, y, reference, y_hold, config)
+    scores, detection = detect_from_config(scores, y, reference, y_hold, config)  # step 3
     if flagged is not None:
         detection = Detection(flagged, detection.suspicion, "given", float("nan"))
     seconds["detection"] = time.perf_counter() - start
-
     idx = detection.flagged
-    cleaned, removals, repairs = model, [], []
-    seconds["removal"] = 0.0
-    base_holdout = accuracy(model, x_hold, y_hold, bf16=config.bf16)
-    for rnd in range(config.removal_rounds):
-        start = time.perf_counter()
-        cleaned, removal = projected_unlearning(
-            cleaned, x[idx], y[idx], x_fit, y_fit, x_hold, y_hold, config.projection,
-            config.removal_loss, config.removal_lr, config.removal_batch,
-            config.removal_max_steps - sum(r.steps for r in removals),
-            config.stop_flagged_accuracy, config.max_holdout_drop, config.check_every,
-            config.subspace_k, config.gpm_energy, config.seed + rnd, config.bf16,
-            config.removal_backtracks, on_check, base_holdout)
-        removals.append(removal)
-        seconds["removal"] += time.perf_counter() - start
-        if not config.repair_steps:
-            break
-        start = time.perf_counter()
-        cleaned, repair = projected_repair(
-            cleaned, x_fit, y_fit, x_hold, y_hold, x[idx], y[idx], config.repair_project,
-            config.repair_lr, config.removal_batch, config.repair_steps, config.check_every,
-            config.repair_max_flagged_rise, config.seed + rnd, config.bf16,
-            config.repair_trigger_share, config.repair_select, config.repair_trigger)
-        repairs.append(repair)
-        seconds["repair"] = seconds.get("repair", 0.0) + time.perf_counter() - start
-        # another round only where the held-out budget stopped removal and repair won some back
-        if removal.stop_reason != "held-out reserve accuracy dropped" or repair.steps == 0:
-            break
-    report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection,
-                        merge_logs(removals), merge_logs(repairs), len(removals), seconds)
+    if detection.found:  # step 4 (and the optional step 5)
+        cleaned, removal, repair, rounds = remove_and_repair(
+            model, (x[idx], y[idx]), (x_fit, y_fit), (x_hold, y_hold), config,
+            clean_share=clean_share_estimate(scores, idx, reference), on_check=on_check,
+            seconds=seconds)
+    else:
+        cleaned, rounds = copy.deepcopy(model), 0
+        removal = repair = RemovalLog(stop_reason="nothing to remove")
+        seconds["removal"] = 0.0
+    report = UPGPReport(config, pert.steps, pert.reserve_accuracy, scores, detection, removal,
+                        repair, rounds, seconds)
     return cleaned, report
-
 
 __all__ = ["Detection", "Perturbation", "RemovalLog", "UPGPConfig", "UPGPReport",
            "calibrate_on_reserve", "detect", "detect_from_config", "first_order_loss_change",

@@ -8,6 +8,10 @@ Neither rule knows the poisoning ratio:
 - ``reserve_quantile``: flag s_i < q_fpr(r), the ``fpr`` quantile of the scores r of clean
   reserve images that made no part of the perturbation: a threshold set on clean data alone, for
   a false-positive rate of about ``fpr`` on images the model has not memorised.
+
+Whatever the rule, ``backdoor_evidence`` (an extension of this book) asks first whether there is
+anything to flag: under the null that the training set is clean, about ``fpr`` of it scores
+below q_fpr(r); a share clearly above that is the evidence of a backdoor.
 """
 
 from __future__ import annotations
@@ -47,13 +51,44 @@ class Detection:
     suspicion: Tensor
     rule: str
     threshold: float
+    found: bool = True  # False: "nothing to remove", the flagged set is only the null's tail
+    evidence: dict[str, float] | None = None  # backdoor_evidence, when it was asked
 
     def evaluate(self, is_poisoned: Tensor) -> dict[str, float]:
         """Detection metrics against the recorded poison mask (evaluation only)."""
         return detection_metrics(is_poisoned, self.flagged, self.suspicion)
 
     def summary(self) -> dict[str, Any]:
-        return {"rule": self.rule, "threshold": self.threshold, "flagged": len(self.flagged)}
+        return {"rule": self.rule, "threshold": self.threshold, "flagged": len(self.flagged),
+                **({"backdoor_found": self.found, **self.evidence} if self.evidence else {})}
+
+
+def backdoor_evidence(scores: Tensor, reference: Tensor, fpr: float, z: float
+                      ) -> tuple[bool, Tensor, dict[str, float]]:
+    """Is the training set's low tail heavier than clean images give?
+
+    With q = q_fpr(r) on the held-out reserve's scores r, the share p = mean(s < q) of training
+    scores is about fpr when the training set is clean; the evidence is p > fpr + z se, with
+    se^2 = fpr (1 - fpr) / |r| + p (1 - p) / |s| (the two sets' binomial noise). Returns
+    (found, indices with s < q, {share, bound}).
+    """
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"reserve false-positive rate {fpr} is outside (0, 1)")
+    cut = torch.quantile(reference.double(), fpr)
+    below = (scores.double() < cut).nonzero().flatten()
+    share = len(below) / len(scores)
+    se = (fpr * (1 - fpr) / len(reference) + share * (1 - share) / len(scores)) ** 0.5
+    bound = fpr + z * se
+    return share > bound, below, {"evidence_share": share, "evidence_bound": bound}
+
+
+def clean_share_estimate(scores: Tensor, flagged: Tensor, reference: Tensor) -> float:
+    """Estimated share of clean samples in the flagged set: the held-out reserve's share at or
+    below the highest flagged score, times the training-set size, over the flagged count."""
+    if len(flagged) == 0:
+        return 0.0
+    top = scores[flagged].max()
+    return min(1.0, float((reference <= top).double().mean()) * len(scores) / len(flagged))
 
 
 def detect(scores: Tensor, labels: Tensor | None = None, rule: str = "robust_z",

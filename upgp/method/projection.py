@@ -7,6 +7,9 @@
 - GPM (Saha et al. 2021): each layer's weight gradient G (out x in) becomes G - G U U^T, where U
   spans the principal subspace of that layer's inputs on the reserve; weights then act on clean
   inputs exactly as before, to first order.
+- Relative step (this book's extension, ``relative_step``): the step measured against each
+  layer's weight norm, so that it means the same at any width or parametrisation scale, and
+  still orthogonal to n.
 """
 
 from __future__ import annotations
@@ -38,6 +41,29 @@ def project_out(g: Grad, n: Grad) -> Grad:
     if isinstance(g, Tensor):
         return g - coef * n
     return [gi - coef * ni for gi, ni in zip(g, n)]
+
+
+def relative_step(g: Sequence[Tensor], n: Sequence[Tensor] | None, weights: Sequence[Tensor],
+                  radius: float, per_layer: bool = False) -> list[Tensor]:
+    """A step of relative size ``radius`` against g, orthogonal to n (``n`` None: unprojected).
+
+    With D_l = ||W_l||^2 per parameter tensor, v = g - a n, a = sum_l D_l <g_l, n_l> /
+    sum_l D_l <n_l, n_l> (``per_layer``: a per tensor), and the step is
+    -radius D v / ||D^(1/2) v||: then <step, n> = 0 exactly, and sqrt(sum_l ||step_l||^2 /
+    ||W_l||^2) = radius. Rescaling a layer's weights by c (and its gradient by 1/c, as a
+    following BatchNorm does) scales its step by c: the same relative change.
+    """
+    metric = [w.detach().float().pow(2).sum().clamp_min(1e-12) for w in weights]
+    v = list(g)
+    if n is not None and per_layer:
+        v = project_out_per_layer(g, n)
+    elif n is not None:
+        num = sum(d * _dot(gi, ni) for d, gi, ni in zip(metric, g, n))
+        den = sum(d * _dot(ni, ni) for d, ni in zip(metric, n))
+        coef = num / den if den > 0 else torch.zeros(())
+        v = [gi - coef * ni for gi, ni in zip(g, n)]
+    norm = sum(d * _dot(vi, vi) for d, vi in zip(metric, v)).sqrt().clamp_min(1e-30)
+    return [-(radius / norm) * d * vi for d, vi in zip(metric, v)]
 
 
 def project_out_per_layer(g: Sequence[Tensor], n: Sequence[Tensor]) -> list[Tensor]:

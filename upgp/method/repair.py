@@ -25,24 +25,17 @@ matches B's spread and so recovers a blend's loss of contrast.
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..presets import check_choice
 from ..train import accuracy, endless_batches, random_crop_flip
+from .config import TRIGGER_FORMS, UPGPConfig
 from .projection import project_out
-from .unlearning import RemovalLog, _batch_loss, _cosine, _grads
-
-REPAIR_SELECTIONS = ("holdout", "stamped")
-TRIGGER_FORMS = ("shift", "affine")
-
-
-def check_repair_options(select: str, trigger: str = "shift") -> None:
-    """Raise a one-line error unless ``select`` is in REPAIR_SELECTIONS and ``trigger`` in
-    TRIGGER_FORMS."""
-    check_choice("repair selection", select, REPAIR_SELECTIONS)
-    check_choice("trigger form", trigger, TRIGGER_FORMS)
+from .unlearning import Data, RemovalLog, _batch_loss, _cosine, _grads, merge_logs, projected_unlearning
 
 
 def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor, form: str = "shift"
@@ -71,34 +64,35 @@ def stamp(x: Tensor, trigger: tuple[Tensor, Tensor]) -> Tensor:
     return (x.float() * scale + shift).clamp_(0, 255).round_().to(torch.uint8)
 
 
-def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
-                     y_holdout: Tensor, x_flagged: Tensor, y_flagged: Tensor,
-                     project: bool = True, lr: float = 0.003, batch_size: int = 128,
-                     max_steps: int = 60, check_every: int = 10,
-                     max_flagged_rise: float = 0.05, seed: int = 0, bf16: bool = True,
-                     trigger_share: float = 0.0, select: str = "holdout",
-                     trigger: str = "shift") -> tuple[nn.Module, RemovalLog]:
-    """Return a copy of ``model`` fine-tuned on the reserve (random crop + flip, plain SGD, BN in
-    eval mode) along g_N projected off g_B (``project=False``: plain fine-tuning), and its log.
+def projected_repair(model: nn.Module, fit: Data, holdout: Data, flagged: Data,
+                     config: UPGPConfig, *, seed: int | None = None
+                     ) -> tuple[nn.Module, RemovalLog]:
+    """Return a copy of ``model`` fine-tuned on the reserve's ``fit`` part (random crop + flip,
+    plain SGD at ``repair_lr`` for ``repair_steps``, BN in eval mode) along g_N projected off g_B
+    (``repair_project=False``: plain fine-tuning), and its log.
 
-    ``trigger_share`` > 0: that share of each reserve batch carries ``estimated_trigger`` (in
-    the form ``trigger``) and keeps its true label, which teaches the model to ignore the trigger
-    rather than send it to another class. ``select`` picks the check to return (module
-    docstring). ``steps`` in the log is the step of the returned check; ``mean_abs_cosine`` is
+    ``repair_trigger_share`` > 0: that share of each reserve batch carries ``estimated_trigger``
+    (in the form ``repair_trigger``) and keeps its true label, which teaches the model to ignore
+    the trigger rather than send it to another class. ``repair_select`` picks the check to
+    return (module docstring). ``steps`` in the log is the step of the returned check; ``mean_abs_cosine`` is
     the mean |cos(g_N, g_B)| before projection, the share of each repair step that would move
     B's loss; ``stamped_accuracy`` (``select="stamped"``) is the stamped held-out accuracy at
     each check.
     """
-    if not 0.0 <= trigger_share <= 1.0:
-        raise ValueError(f"trigger_share {trigger_share} is outside [0, 1]")
-    check_repair_options(select, trigger)
+    x_reserve, y_reserve = fit
+    x_holdout, y_holdout = holdout
+    x_flagged, y_flagged = flagged
+    trigger_share, select, trigger = (config.repair_trigger_share, config.repair_select,
+                                      config.repair_trigger)
+    bf16, batch_size, check_every = config.bf16, config.removal_batch, config.check_every
+    lr, max_flagged_rise = config.repair_lr, config.repair_max_flagged_rise
+    gen = torch.Generator().manual_seed(config.seed if seed is None else seed)
     model = copy.deepcopy(model).eval()
     log = RemovalLog()
     if len(x_flagged) == 0:
         log.stop_reason = "nothing flagged"
         return model, log
     params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(seed)
     reserve_iter = endless_batches(len(x_reserve), batch_size, gen, drop_last=True)
     flagged_iter = endless_batches(len(x_flagged), batch_size, gen)
     n_stamped = round(trigger_share * batch_size)
@@ -121,14 +115,14 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     best = [p.detach().clone() for p in params]
     cos_sum, cos_count = 0.0, 0
     step = 0
-    while step < max_steps:
+    while step < config.repair_steps:
         idx = next(reserve_iter)
         x_batch = x_reserve[idx]  # a copy (index tensor): stamping leaves the reserve as it is
         if estimate is not None and n_stamped:
             x_batch[:n_stamped] = stamp(x_batch[:n_stamped], estimate)
         g = _grads(model, _batch_loss(model, random_crop_flip(x_batch, gen),
                                       y_reserve[idx], None, bf16))
-        if project:
+        if config.repair_project:
             jdx = next(flagged_iter)
             g_b = _grads(model, _batch_loss(model, x_flagged[jdx], y_flagged[jdx], None, bf16))
             cos_sum, cos_count = cos_sum + abs(_cosine(g, g_b)), cos_count + 1
@@ -138,15 +132,15 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
                 p.sub_(lr * gi)
         step += 1
         log.steps_taken = step
-        if step % check_every == 0 or step == max_steps:
-            flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
-            if flagged - flagged_start > max_flagged_rise:
+        if step % check_every == 0 or step == config.repair_steps:
+            flagged_accuracy = accuracy(model, x_flagged, y_flagged, bf16=bf16)
+            if flagged_accuracy - flagged_start > max_flagged_rise:
                 log.stop_reason = "flagged set relearned"
                 break
-            holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
-            log.flagged_accuracy.append(flagged)
-            log.holdout_accuracy.append(holdout)
-            if (score := merit(holdout)) >= best_merit:  # ties: the more repaired model
+            holdout_accuracy = accuracy(model, x_holdout, y_holdout, bf16=bf16)
+            log.flagged_accuracy.append(flagged_accuracy)
+            log.holdout_accuracy.append(holdout_accuracy)
+            if (score := merit(holdout_accuracy)) >= best_merit:  # ties: the more repaired model
                 best, best_merit, log.steps = [p.detach().clone() for p in params], score, step
                 kept = len(log.holdout_accuracy) - 1
     else:
@@ -160,3 +154,37 @@ def projected_repair(model: nn.Module, x_reserve: Tensor, y_reserve: Tensor, x_h
     log.mean_abs_cosine = cos_sum / max(1, cos_count)
     log.final_lr = lr
     return model, log
+
+
+def remove_and_repair(model: nn.Module, flagged: Data, fit: Data, holdout: Data,
+                      config: UPGPConfig, *, clean_share: float = 0.0,
+                      on_check: Callable[[int, nn.Module], None] | None = None,
+                      seconds: dict[str, float] | None = None
+                      ) -> tuple[nn.Module, RemovalLog, RemovalLog, int]:
+    """Step 4 (``projected_unlearning``) and, with ``repair_steps``, step 5 in rounds: removal,
+    repair, and another round only where the held-out check stopped removal and the repair won
+    some accuracy back, within ``removal_max_steps`` removal steps in all. Every round's checks
+    compare against ``model``. Returns (model, removal log, repair log, rounds);
+    ``seconds`` receives the stages' wall times.
+    """
+    cleaned, removals, repairs = model, [], []
+    seconds = {} if seconds is None else seconds
+    seconds["removal"] = 0.0
+    for rnd in range(config.removal_rounds):
+        start = time.perf_counter()
+        cleaned, removal = projected_unlearning(
+            cleaned, flagged, fit, holdout, config,
+            max_steps=config.removal_max_steps - sum(r.steps for r in removals),
+            seed=config.seed + rnd, reference=model, clean_share=clean_share, on_check=on_check)
+        removals.append(removal)
+        seconds["removal"] += time.perf_counter() - start
+        if not config.repair_steps:
+            break
+        start = time.perf_counter()
+        cleaned, repair = projected_repair(cleaned, fit, holdout, flagged, config,
+                                           seed=config.seed + rnd)
+        repairs.append(repair)
+        seconds["repair"] = seconds.get("repair", 0.0) + time.perf_counter() - start
+        if removal.stop_reason != "held-out reserve accuracy dropped" or repair.steps == 0:
+            break
+    return cleaned, merge_logs(removals), merge_logs(repairs), len(removals)

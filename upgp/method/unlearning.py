@@ -1,10 +1,11 @@
 """Step 4 of UPGP, the loop: unlearn the flagged set B from theta_0 along projected gradients.
 
 At each step: g_u = grad of the unlearning loss on a batch of B (with B's own, possibly poisoned,
-labels), n = grad of the cross-entropy on a batch of the reserve N, then a plain SGD step along
-the projection of g_u that removes its component along n (or the chosen variant, see
-``projection.py``). Stopping looks only at what a defender has: the accuracy of B on its labels,
-and the accuracy on a held-out part of N.
+labels), n = grad of the cross-entropy on a batch of the reserve N, then a step along the
+projection of g_u that removes its component along n (or the chosen variant, see
+``projection.py``): plain SGD (the paper's), or a relative trust-region step (an extension).
+Stopping looks only at what a defender has: the accuracy of B on its labels, and the
+predictions on a held-out part of N.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..presets import check_choice
-from ..train import accuracy, autocast, endless_batches, to_float
+from ..train import accuracy, autocast, endless_batches, predict, to_float
+from .config import REMOVAL_LOSSES, UPGPConfig
 from .perturbation import unlearning_loss
 from .projection import (
-    PROJECTIONS,
     _dot,
     gpm_bases,
     orthonormal_basis,
@@ -29,9 +30,10 @@ from .projection import (
     project_out,
     project_out_per_layer,
     project_out_subspace,
+    relative_step,
 )
 
-REMOVAL_LOSSES = ("ascent", "bounded", "max_entropy")
+Data = tuple[Tensor, Tensor]
 
 
 def removal_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
@@ -99,98 +101,150 @@ def _batch_loss(model: nn.Module, x: Tensor, y: Tensor, kind: str | None, bf16: 
     return F.cross_entropy(logits, y) if kind is None else removal_loss(logits, y, kind)
 
 
-def projected_unlearning(model: nn.Module, x_flagged: Tensor, y_flagged: Tensor,
-                         x_reserve: Tensor, y_reserve: Tensor, x_holdout: Tensor,
-                         y_holdout: Tensor, projection: str = "vector", loss: str = "ascent",
-                         lr: float = 2e-4, batch_size: int = 128, max_steps: int = 300,
-                         stop_flagged_accuracy: float = 0.1, max_holdout_drop: float = 0.03,
-                         check_every: int = 10, subspace_k: int = 4, gpm_energy: float = 0.97,
-                         seed: int = 0, bf16: bool = True, max_backtracks: int = 0,
-                         on_check: Callable[[int, nn.Module], None] | None = None,
-                         base_holdout: float | None = None) -> tuple[nn.Module, RemovalLog]:
+class HoldoutCheck:
+    """Judges a removal check on the held-out reserve against a reference model's predictions
+    there (the model removal started from): what a defender can see.
+
+    Rejected: a drop of held-out accuracy over ``max_holdout_drop`` + z s.e., or a rise over
+    ``max_target_rise`` + z s.e. in the share of held-out images of other labels predicted as
+    ``label`` (the flagged set's most common label: removal pushing clean images towards the
+    suspected target raises ASR). The standard errors are the paired ones, sqrt(flips) / count,
+    so a small held-out set allows for its own noise (``holdout_z``, 0: none).
+    """
+
+    def __init__(self, reference: nn.Module, x: Tensor, y: Tensor, label: int,
+                 config: UPGPConfig) -> None:
+        self.x, self.y, self.config = x, y, config
+        first = predict(reference, x, bf16=config.bf16)
+        self.correct, self.others = first == y, y != label
+        self.label, self.sent = label, (first == label) & self.others
+
+    def __call__(self, model: nn.Module) -> tuple[float, str]:
+        """(held-out accuracy of ``model``, why the check is rejected or "")."""
+        pred = predict(model, self.x, bf16=self.config.bf16)
+        correct, sent = pred == self.y, (pred == self.label) & self.others
+        z, n, m = self.config.holdout_z, len(self.y), max(1, int(self.others.sum()))
+        holdout = correct.float().mean().item()
+        drop = self.correct.float().mean().item() - holdout
+        if drop > self.config.max_holdout_drop + z * float((correct != self.correct).sum()) ** 0.5 / n:
+            return holdout, "held-out reserve accuracy dropped"
+        rise = float(sent.sum() - self.sent.sum()) / m
+        if rise > self.config.max_target_rise + z * float((sent != self.sent).sum()) ** 0.5 / m:
+            return holdout, "held-out images sent to the flagged label"
+        return holdout, ""
+
+
+def removal_target(config: UPGPConfig, clean_share: float) -> float:
+    """The flagged set's accuracy on its labels at which removal stops: stop_flagged_accuracy,
+    or with ``stop_counts_clean`` s + (1 - s) c, where c is the estimated clean share of B
+    (clean samples stay fit to their labels while the poisons fall to s)."""
+    s = config.stop_flagged_accuracy
+    return s + (1 - s) * clean_share if config.stop_counts_clean else s
+
+
+def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Data,
+                         config: UPGPConfig, *, max_steps: int | None = None,
+                         seed: int | None = None, reference: nn.Module | None = None,
+                         clean_share: float = 0.0,
+                         on_check: Callable[[int, nn.Module], None] | None = None
+                         ) -> tuple[nn.Module, RemovalLog]:
     """Return a copy of ``model`` with the flagged set unlearned, and the log of the loop.
 
-    Stops when the flagged set's accuracy on its labels is <= ``stop_flagged_accuracy``, or after
-    ``max_steps`` kept steps. A check at which the held-out reserve accuracy has dropped by more
-    than ``max_holdout_drop`` (from ``base_holdout``, default the input model's held-out accuracy)
-    undoes the steps since the last accepted check; the loop then goes on with half the step size
-    (backtracking, at most ``max_backtracks`` times) or stops.
-    ``on_check(steps, model)`` is called at step 0 and at every accepted check (for
-    removal-budget plots; the loop never reads what it computes).
+    Each step: g_u on a batch of B (``removal_loss``), n on a batch of the reserve's ``fit``
+    part (``normal_ema``: a moving average), then a step along g_u projected off n: ``sgd``,
+    -removal_lr g_proj; ``relative``, ``relative_step`` of size radius (``removal_radius``,
+    times ``removal_growth`` after each accepted check). Every ``check_every`` steps a
+    ``HoldoutCheck`` against ``reference`` (default: ``model``) accepts the steps, or undoes
+    them back to the last accepted check and halves the step size (at most
+    ``removal_backtracks`` times, then stops). Stops too once B's accuracy on its labels is at
+    most ``removal_target`` or after ``max_steps`` kept steps (default removal_max_steps).
+    ``on_check(steps, model)`` is called at step 0 and at every accepted check (for plots).
     """
-    check_choice("projection", projection, PROJECTIONS)
+    x_flagged, y_flagged = flagged
+    x_fit, y_fit = fit
+    max_steps = config.removal_max_steps if max_steps is None else max_steps
+    seed = config.seed if seed is None else seed
     if len(x_flagged) == 0:
         return copy.deepcopy(model), RemovalLog(stop_reason="nothing flagged")
+    check = HoldoutCheck(reference or model, *holdout, int(y_flagged.mode().values), config)
     model = copy.deepcopy(model).eval()  # BN in eval mode: flagged batches must not move its stats
     params = [p for p in model.parameters() if p.requires_grad]
     names = [k for k, p in model.named_parameters() if p.requires_grad]
-    bases = gpm_bases(model, x_reserve, gpm_energy, seed=seed) if projection == "gpm" else None
+    projection, bf16 = config.projection, config.bf16
+    bases = gpm_bases(model, x_fit, config.gpm_energy, seed=seed) if projection == "gpm" else None
     gen = torch.Generator().manual_seed(seed)
     log = RemovalLog()
-    holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
-    base_holdout = holdout if base_holdout is None else base_holdout
-    log.holdout_accuracy.append(holdout)
+    log.holdout_accuracy.append(check(model)[0])
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
     if on_check is not None:
         on_check(0, model)
-    cos_sum, cos_count = 0.0, 0
+    target = removal_target(config, clean_share)
+    size = config.removal_lr if config.removal_step == "sgd" else config.removal_radius
+    cos_sum, cos_count, n = 0.0, 0, None
 
-    normal_iter = endless_batches(len(x_reserve), batch_size, gen, drop_last=True)
-    flagged_iter = endless_batches(len(x_flagged), batch_size, gen)
+    normal_iter = endless_batches(len(x_fit), config.removal_batch, gen, drop_last=True)
+    flagged_iter = endless_batches(len(x_flagged), config.removal_batch, gen)
     snapshot, accepted = [p.detach().clone() for p in params], 0
     while log.steps < max_steps:
         idx = next(flagged_iter)
-        g = _grads(model, _batch_loss(model, x_flagged[idx], y_flagged[idx], loss, bf16))
+        g = _grads(model, _batch_loss(model, x_flagged[idx], y_flagged[idx], config.removal_loss,
+                                      bf16))
         if projection != "none":
             normals = []
-            for _ in range(subspace_k if projection == "subspace" else 1):
+            for _ in range(config.subspace_k if projection == "subspace" else 1):
                 jdx = next(normal_iter)
-                normals.append(_grads(model, _batch_loss(model, x_reserve[jdx], y_reserve[jdx],
-                                                         None, bf16)))
-            n = normals[0]
-            cos = _cosine(g, n)
-            cos_sum, cos_count = cos_sum + abs(cos), cos_count + 1
+                normals.append(_grads(model, _batch_loss(model, x_fit[jdx], y_fit[jdx], None, bf16)))
+            ema = config.normal_ema
+            n = normals[0] if n is None or ema == 0 else [ema * a + (1 - ema) * b
+                                                          for a, b in zip(n, normals[0])]
+            cos_sum, cos_count = cos_sum + abs(_cosine(g, n)), cos_count + 1
+        if config.removal_step == "relative":
+            step = relative_step(g, n, params, size, per_layer=projection == "layer")
+        else:
             if projection == "vector":
                 g = project_out(g, n)
             elif projection == "layer":
                 g = project_out_per_layer(g, n)
             elif projection == "subspace":
                 g = project_out_subspace(g, orthonormal_basis(normals))
-            else:
+            elif projection == "gpm":
                 projected = project_gpm(dict(zip(names, g)), bases)
                 g = [projected[k] for k in names]
+            step = [-size * gi for gi in g]
         with torch.no_grad():
-            for p, gi in zip(params, g):
-                p.sub_(lr * gi)
+            for p, d in zip(params, step):
+                p.add_(d)
         log.steps += 1
         log.steps_taken += 1
-        if log.steps % check_every == 0 or log.steps == max_steps:
-            holdout = accuracy(model, x_holdout, y_holdout, bf16=bf16)
-            if base_holdout - holdout > max_holdout_drop:
+        if log.steps % config.check_every == 0 or log.steps == max_steps:
+            holdout_accuracy, rejected = check(model)
+            if rejected:
                 with torch.no_grad():  # undo back to the last accepted check
                     for p, s in zip(params, snapshot):
                         p.copy_(s)
                 log.steps = accepted
-                if log.backtracks == max_backtracks:
-                    log.stop_reason = "held-out reserve accuracy dropped"
+                if log.backtracks == config.removal_backtracks:
+                    log.stop_reason = rejected
                     break
                 log.backtracks += 1
-                lr /= 2
+                size /= 2
                 continue
             snapshot, accepted = [p.detach().clone() for p in params], log.steps
-            flagged = accuracy(model, x_flagged, y_flagged, bf16=bf16)
-            log.holdout_accuracy.append(holdout)
-            log.flagged_accuracy.append(flagged)
+            flagged_accuracy = accuracy(model, x_flagged, y_flagged, bf16=bf16)
+            log.holdout_accuracy.append(holdout_accuracy)
+            log.flagged_accuracy.append(flagged_accuracy)
             if on_check is not None:
                 on_check(log.steps, model)
-            if flagged <= stop_flagged_accuracy:
+            if flagged_accuracy <= target:
                 log.stop_reason = "flagged set unlearned"
                 break
+            if config.removal_step == "relative":
+                size *= config.removal_growth
     else:
         log.stop_reason = "step budget"
     if projection != "none":
         log.mean_abs_cosine = cos_sum / max(1, cos_count)  # over every step taken, undone or kept
-    log.final_lr = lr
+    log.final_lr = size
     log.final_flagged_accuracy = log.flagged_accuracy[-1]  # the last accepted check's model
     return model, log
 

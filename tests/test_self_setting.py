@@ -1,0 +1,140 @@
+"""UPGP set from the reserve (``UPGPConfig.self_setting``): the relative step, scale invariance,
+detection that follows the poison count, "nothing to remove", and no test data anywhere."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from upgp.experiments import backdoored_model, clean_reference_model
+from upgp.method import UPGPConfig, projected_unlearning, upgp_defend
+from upgp.method.detection import backdoor_evidence
+from upgp.method.projection import _dot, relative_step
+from upgp.method.unlearning import _grads
+from upgp.models import PreActBlock
+
+SELF = UPGPConfig().self_setting()
+
+
+def test_relative_step_is_orthogonal_to_n_and_of_the_given_size():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (16,), (10, 16)]
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64) * (i + 1)
+               for i, s in enumerate(shapes)]
+    g = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    n = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    for per_layer in (False, True):
+        step = relative_step(g, n, weights, 0.01, per_layer=per_layer)
+        cos = _dot(step, n) / (_dot(step, step).sqrt() * _dot(n, n).sqrt())
+        assert abs(float(cos)) < 1e-12
+        if per_layer:
+            assert all(abs(float(_dot(s, ni))) < 1e-12 for s, ni in zip(step, n))
+        relative = sum(float(_dot(s, s) / _dot(w, w)) for s, w in zip(step, weights)) ** 0.5
+        assert relative == pytest.approx(0.01)
+    unprojected = relative_step(g, None, weights, 0.01)
+    assert float(_dot(unprojected, g)) < 0  # a descent direction
+
+
+def rescaled_conv_bn(model: nn.Module, c: float) -> nn.Module:
+    """The same function, another parametrisation: in every pre-activation block, conv1 (whose
+    output feeds bn2 alone) gets its weights times c, and bn2 (eval mode) its running mean
+    times c and variance times c^2."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in out.modules():
+            if isinstance(block, PreActBlock):
+                block.conv1.weight.mul_(c)
+                block.bn2.running_mean.mul_(c)
+                block.bn2.running_var.mul_(c * c)
+    return out
+
+
+def test_relative_removal_takes_as_many_steps_at_another_scale(smoke_scenario):
+    sc = smoke_scenario
+    scaled = rescaled_conv_bn(sc.model, 4.0)
+    x = sc.x_test[:256]
+    with torch.no_grad():
+        a, b = sc.model(x.float() / 255), scaled(x.float() / 255)
+    assert (a - b).abs().max() < 1e-2 * a.abs().max()  # the same function
+    assert any(not torch.equal(p, q) for p, q in zip(sc.model.parameters(), scaled.parameters()))
+    flagged = (sc.train.x[sc.train.poison_idx], sc.train.y[sc.train.poison_idx])
+    fit, hold = (sc.reserve_x[:50], sc.reserve_y[:50]), (sc.reserve_x[50:], sc.reserve_y[50:])
+    config = SELF.replace(bf16=False, removal_max_steps=40)
+    steps = {}
+    for name, model in (("as trained", sc.model), ("rescaled", scaled)):
+        _, log = projected_unlearning(model, flagged, fit, hold, config)
+        steps[name] = (log.steps, log.stop_reason, round(log.final_flagged_accuracy, 2))
+        assert log.steps > 0 and -1 <= log.mean_abs_cosine <= 1
+    assert abs(steps["as trained"][0] - steps["rescaled"][0]) <= 5, steps
+    assert steps["as trained"][1] == steps["rescaled"][1], steps
+
+
+def test_relative_step_keeps_the_clean_batch_loss_to_first_order(smoke_scenario):
+    """<step, n> = 0 for the reserve gradient n the step was projected against."""
+    sc = smoke_scenario
+    model = copy.deepcopy(sc.model).eval()
+    from upgp.method.unlearning import _batch_loss
+
+    g = _grads(model, _batch_loss(model, sc.train.x[:64], sc.train.y[:64], "bounded", False))
+    n = _grads(model, _batch_loss(model, sc.reserve_x[:64], sc.reserve_y[:64], None, False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = relative_step(g, n, params, 0.01)
+    cos = _dot(step, n) / (_dot(step, step).sqrt() * _dot(n, n).sqrt())
+    assert abs(float(cos)) < 1e-5
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.2])
+def test_flagged_set_size_follows_the_poison_count(ratio):
+    sc = backdoored_model("blended", "preact_resnet18", "smoke", seed=0, progress=False,
+                          poison_ratio=ratio)
+    _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
+                            SELF.replace(removal_max_steps=0))
+    flagged, poisons = len(report.detection.flagged), len(sc.train.poison_idx)
+    assert report.detection.found
+    assert 0.8 * poisons <= flagged <= 1.25 * poisons + 0.03 * len(sc.train.y), (flagged, poisons)
+
+
+def test_a_clean_model_has_nothing_to_remove_and_keeps_its_weights(smoke_scenario):
+    sc = smoke_scenario
+    clean = clean_reference_model(sc, progress=False)
+    cleaned, report = upgp_defend(clean, (sc.train.x, sc.train.y),
+                                  (sc.reserve_x, sc.reserve_y), SELF)
+    assert not report.detection.found and report.detection.rule == "nothing to remove"
+    assert len(report.detection.flagged) <= 0.02 * len(sc.train.y) + 5
+    assert report.removal.stop_reason == "nothing to remove" and report.removal.steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(cleaned.parameters(), clean.parameters()))
+    summary = report.summary()
+    assert summary["detection_backdoor_found"] is False
+    assert summary["detection_evidence_share"] <= summary["detection_evidence_bound"]
+
+
+def test_backdoor_evidence_on_scores():
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.rand(1000, generator=gen) + 1
+    clean = torch.rand(20000, generator=gen) + 1
+    found, below, info = backdoor_evidence(clean, reference, 0.01, 3.0)
+    assert not found and info["evidence_share"] <= info["evidence_bound"]
+    poisoned = torch.cat([clean, torch.zeros(500)])  # 2.4% sit far under the clean scores
+    found, below, info = backdoor_evidence(poisoned, reference, 0.01, 3.0)
+    assert found and set(range(20000, 20500)) <= set(below.tolist())
+
+
+def test_no_threshold_reads_test_data(smoke_scenario):
+    """UPGP's outcome is the same whatever the test sets hold: they are never an input."""
+    from upgp.experiments import run_upgp
+
+    sc = smoke_scenario
+    config = SELF.replace(removal_max_steps=10)
+    first = run_upgp(sc, config, use_cache=False)
+    scrambled = copy.copy(sc)
+    gen = torch.Generator().manual_seed(1)
+    scrambled.x_test = torch.randint(0, 256, sc.x_test.shape, dtype=torch.uint8, generator=gen)
+    scrambled.x_triggered = torch.randint(0, 256, sc.x_triggered.shape, dtype=torch.uint8,
+                                          generator=gen)
+    second = run_upgp(scrambled, config, use_cache=False)
+    assert torch.equal(first.flagged, second.flagged)
+    strip = lambda r: {k: v for k, v in r["upgp"].items() if k != "seconds"}  # noqa: E731
+    assert strip(first.result) == strip(second.result)

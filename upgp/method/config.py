@@ -1,0 +1,150 @@
+"""``UPGPConfig``: every setting of UPGP as one frozen dataclass, validated on construction.
+
+Flat fields, so that cache keys (a hash of the fields) of configs made before a field existed
+still hold: those fields are hashed only when set (``HASHED_ONLY_WHEN_SET``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..presets import Settings, check_choice
+from .detection import RULES
+from .perturbation import UNLEARNING_LOSSES
+from .projection import PROJECTIONS
+from .sensitivity import SCORES
+
+REMOVAL_LOSSES = ("ascent", "bounded", "max_entropy")
+REMOVAL_STEPS = ("sgd", "relative")
+REPAIR_SELECTIONS = ("holdout", "stamped")
+TRIGGER_FORMS = ("shift", "affine")
+
+
+@dataclass(frozen=True)
+class UPGPConfig(Settings):
+    """Every setting of UPGP (defaults: the CPU-scale choices documented in the book).
+
+    Fields by step of ``method.md``; those marked *extension* are this book's, off by default,
+    and ``self_setting()`` turns on the ones that set removal and detection from the reserve.
+    """
+
+    # 1. unlearning perturbation
+    perturb_loss: str = "max_entropy"  # "max_entropy" or "ascent"
+    perturb_lr: float = 0.01
+    perturb_batch: int = 256
+    perturb_max_steps: int = 50
+    perturb_stop_accuracy: float = 0.3  # stop once reserve accuracy <= this
+    clip_norm: float = 5.0
+    # 2. sensitivity score
+    score: str = "loss_after"  # "loss_after", "loss_change", "confidence_change"
+    # 3. detection
+    calibrate: bool = False  # divide each score by its label's median on the held-out reserve
+    rule: str = "gmm"  # "gmm", "robust_z" or "reserve_quantile"
+    z_threshold: float = 2.5
+    per_class: bool = False
+    reserve_fpr: float = 0.01  # reserve_quantile: flag below this quantile of held-out reserve scores
+    # extension: "nothing to remove" unless the share of training scores under the held-out
+    # reserve's reserve_fpr quantile exceeds reserve_fpr by this many standard errors (0: off)
+    evidence_z: float = 0.0
+    # 4. removal
+    projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
+    removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
+    removal_lr: float = 1e-4
+    removal_batch: int = 128
+    removal_max_steps: int = 300
+    stop_flagged_accuracy: float = 0.1
+    max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
+    removal_backtracks: int = 0  # on a rejected check: undo, halve the step size, go on (this often)
+    check_every: int = 5
+    # extension: step and stopping set by what the step does on the reserve (unlearning.py)
+    removal_step: str = "sgd"  # "sgd": removal_lr x g; "relative": a trust region per layer
+    removal_radius: float = 0.01  # "relative": first step's size, relative to the weights
+    removal_growth: float = 1.0  # "relative": step size x this after each accepted check
+    normal_ema: float = 0.0  # n: moving average of reserve-batch gradients (0: one batch)
+    holdout_z: float = 0.0  # held-out drop allowed beyond max_holdout_drop, in standard errors
+    max_target_rise: float = 1.0  # reject a check raising the share of held-out images sent to
+    #                               the flagged set's label by more than this (+ holdout_z s.e.)
+    stop_counts_clean: bool = False  # removal's target allows for the clean share of B
+    subspace_k: int = 4
+    gpm_energy: float = 0.97
+    # 5. repair (optional): fine-tune on the reserve along g_N projected off g_B (repair.py)
+    repair_steps: int = 0  # per round; 0: the four steps of the paper only
+    repair_lr: float = 0.003
+    repair_project: bool = True  # False: plain fine-tuning, same stopping rule
+    repair_max_flagged_rise: float = 0.05  # stop once B's accuracy on its labels rises this much
+    repair_trigger_share: float = 0.0  # share of each repair batch stamped with the trigger estimate
+    repair_select: str = "holdout"  # check kept: "holdout" or "stamped" (+ stamped held-out acc)
+    repair_trigger: str = "shift"  # form of the stamped trigger: "shift" x + c or "affine" s x + c
+    removal_rounds: int = 1  # removal + repair rounds, while the held-out budget stops removal
+    # the reserve is split: one part makes gradients, the held-out part judges stopping
+    holdout_ratio: float = 0.5
+    seed: int = 0
+    bf16: bool = True
+
+    # added after results were cached: hashed only when set, so cache keys made before hold
+    HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
+        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
+        "repair_trigger_share", "repair_select", "repair_trigger", "calibrate", "reserve_fpr",
+        "evidence_z", "removal_step", "removal_radius", "removal_growth", "normal_ema",
+        "holdout_z", "max_target_rise", "stop_counts_clean")
+
+    def __post_init__(self) -> None:
+        for what, value, allowed in (
+                ("unlearning loss", self.perturb_loss, UNLEARNING_LOSSES),
+                ("sensitivity score", self.score, SCORES), ("detection rule", self.rule, RULES),
+                ("projection", self.projection, PROJECTIONS),
+                ("removal loss", self.removal_loss, REMOVAL_LOSSES),
+                ("removal step", self.removal_step, REMOVAL_STEPS),
+                ("repair selection", self.repair_select, REPAIR_SELECTIONS),
+                ("trigger form", self.repair_trigger, TRIGGER_FORMS)):
+            check_choice(what, value, allowed)
+        if self.removal_rounds < 1 or self.repair_steps < 0:
+            raise ValueError(f"removal_rounds {self.removal_rounds} / repair_steps "
+                             f"{self.repair_steps}: need removal_rounds >= 1, repair_steps >= 0")
+        if not 0.0 < self.holdout_ratio < 1.0:
+            raise ValueError(f"holdout_ratio {self.holdout_ratio} is outside (0, 1)")
+        if not 0.0 <= self.repair_trigger_share <= 1.0:
+            raise ValueError(f"repair_trigger_share {self.repair_trigger_share} is outside [0, 1]")
+        if not 0.0 <= self.normal_ema < 1.0:
+            raise ValueError(f"normal_ema {self.normal_ema} is outside [0, 1)")
+        if self.removal_step == "relative" and self.projection not in ("none", "vector", "layer"):
+            raise ValueError(f"removal_step 'relative' takes projection none, vector or layer, "
+                             f"not {self.projection!r}")
+
+    def self_setting(self) -> UPGPConfig:
+        """This config with removal and detection set from the reserve (issue 23's candidate
+        defaults): detection against the held-out reserve's clean scores, with a "nothing to
+        remove" outcome; a relative trust-region step that grows while held-out checks pass and
+        halves when one fails; a held-out tolerance that counts the check's own noise; n as a
+        moving average; a guard against removal sending clean images to the flagged label."""
+        return self.replace(rule="reserve_quantile", evidence_z=3.0, removal_step="relative",
+                            removal_growth=1.5, removal_backtracks=6, normal_ema=0.9,
+                            holdout_z=1.0, max_target_rise=0.01, stop_counts_clean=True)
+
+    def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
+        """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.
+
+        The repair may raise the flagged set's accuracy by ``repair_max_flagged_rise``, so removal
+        aims that much lower: target_removal = stop_flagged_accuracy - repair_max_flagged_rise,
+        and a round whose removal reaches its target ends at or under the four-step target.
+        Where the last round's removal stops above its target (held-out or step budget), the end
+        may sit up to the allowed rise above where removal stopped (``flagged_accuracy_after``).
+        """
+        if self.repair_steps:
+            raise ValueError(f"with_repair on a config that already repairs "
+                             f"(repair_steps {self.repair_steps}); call it on a four-step config")
+        if steps < 1:
+            raise ValueError(f"repair steps {steps} must be >= 1 (0 is the four-step config)")
+        return self.replace(repair_steps=steps, removal_rounds=rounds,
+                            stop_flagged_accuracy=round(
+                                self.stop_flagged_accuracy - self.repair_max_flagged_rise, 10))
+
+    def without_projection(self) -> UPGPConfig:
+        """The ablation of the projection: the same detection and step budgets, with removal
+        (and the repair, when there is one) along the raw gradients (``upgp defend
+        --no-projection``)."""
+        changes: dict[str, Any] = {"projection": "none"}
+        if self.repair_steps:  # repair_project is hashed only when set: leave it alone otherwise
+            changes["repair_project"] = False
+        return self.replace(**changes)
