@@ -163,3 +163,24 @@ def test_string_parameters_take_the_text_as_written():
     assert parse_parameters("08", [("seeds", "0"), ("attacks", "blended")]) == {
         "seeds": "0", "attacks": "blended"}
     assert parse_parameters("09", [("poisons", "50")]) == {"poisons": 50}
+
+
+def test_the_smoke_grid_names_real_parameters_of_real_notebooks():
+    from upgp.reproduce import SMOKE_GRID, check_parameters, notebook_parameters, notebooks
+
+    found = notebooks()
+    for name in SMOKE_GRID:
+        check_parameters(found[name], notebook_parameters(name, "smoke"))
+    assert notebook_parameters("04_main_results", "cpu") == {"preset": "cpu"}
+    assert notebook_parameters("04_main_results", "smoke", {"attacks": "sig"})["attacks"] == "sig"
+
+
+def test_a_data_copy_is_named_without_its_local_path(tmp_path):
+    from upgp.data import load_image_folder
+
+    root = image_folder(tmp_path / "copy")
+    archive = tmp_path / "copy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="copy")
+    assert load_image_folder(root).source == "ImageFolder copy"
+    assert load_image_folder(archive).source == "ImageFolder copy.tar.gz"

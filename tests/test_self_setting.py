@@ -138,3 +138,25 @@ def test_no_threshold_reads_test_data(smoke_scenario):
     assert torch.equal(first.flagged, second.flagged)
     strip = lambda r: {k: v for k, v in r["upgp"].items() if k != "seconds"}  # noqa: E731
     assert strip(first.result) == strip(second.result)
+
+
+def test_the_regime_grid_spans_the_issue_regimes():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes.py"
+    spec = importlib.util.spec_from_file_location("regimes", path)
+    regimes = importlib.util.module_from_spec(spec)
+    sys.modules["regimes"] = regimes  # dataclasses look their module up there
+    spec.loader.exec_module(regimes)
+    rows = regimes.grid("cpu")
+    backdoored = [r for r in rows if not r.clean]
+    assert len(backdoored) >= 24 and len({(r.arch, r.seed) for r in rows if r.clean}) == 4
+    assert {r.attack for r in backdoored} >= {"badnets", "blended", "sig", "wanet", "iad"}
+    assert {r.arch for r in backdoored} == {"preact_resnet18", "vgg19_bn"}
+    assert {r.overrides.get("poison_ratio", 0.1) for r in backdoored} == {0.05, 0.1}
+    assert {r.reserve_size for r in backdoored} == {0, 500}
+    assert {r.overrides.get("width") for r in backdoored} == {None, 32}
+    assert any(r.overrides.get("epochs") == 36 for r in backdoored)
+    assert {r.seed for r in backdoored} == {0, 1}

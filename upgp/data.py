@@ -171,9 +171,10 @@ def load_image_folder(path: str | Path) -> ImageData:
         cached = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                       classes=list(classes))
         save_tensors(cache_file, cached)
-    source = f"ImageFolder {root}"
+    copy = Path(path).name  # the copy's name, never a local path (results name it)
+    source = f"ImageFolder {copy}"
     if tuple(cached["classes"]) == CIFAR10_CLASSES:
-        source = f"CIFAR-10, JPEG copy (ImageFolder {root})"
+        source = f"CIFAR-10, JPEG copy ({copy})"
     return ImageData(cached["x_train"], cached["y_train"], cached["x_test"], cached["y_test"],
                      tuple(cached["classes"]), source)
 

@@ -122,7 +122,7 @@ class Scenario:
         return {"attack": self.attack.name, "attack_params": self.attack.params(),
                 "arch": self.arch, "preset": self.preset.name, "scale": self.preset.scale_label(),
                 "width": self.preset.width, "epochs": self.preset.epochs, "seed": self.seed,
-                "data": self.data_source,
+                "data": self.data_source, "data_fingerprint": self.info.get("data_fingerprint"),
                 "poison_ratio": self.preset.poison_ratio, "target": self.preset.target,
                 "label_mode": self.attack.label_mode,
                 "reserve_size": len(self.reserve_y), "train_size": len(self.train.y),
@@ -204,6 +204,22 @@ def clean_reference_model(scenario: Scenario, data: str | Path | None = None,
     model, _, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx], scenario.preset,
                               scenario.seed, fingerprint, images.num_classes, scenario.arch, progress)
     return model
+
+
+def clean_scenario(scenario: Scenario, data: str | Path | None = None,
+                   progress: bool = True) -> Scenario:
+    """The scenario with nothing to remove: its backdoor-free reference model (``clean_reference``)
+    and the clean training set it was trained on, with the same reserve and test sets (ASR and
+    RA still measured with the scenario's trigger). What a defense must leave as it was."""
+    images, _ = load_data_cached(scenario.preset, data, scenario.seed)
+    train_idx, _ = split_reserve(len(images.y_train), scenario.preset.reserve_ratio, scenario.seed)
+    none = torch.empty(0, dtype=torch.long)
+    train = PoisonedSet(images.x_train[train_idx], images.y_train[train_idx], none, none,
+                        scenario.preset.target)
+    clean = dataclasses.replace(scenario, train=train,
+                                model=clean_reference_model(scenario, data, progress))
+    clean.metrics = clean.evaluate()
+    return clean
 
 
 def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str,

@@ -69,9 +69,11 @@ def commit() -> str:
 
 
 def provenance(run: dict[str, Any]) -> str:
-    """'preset cpu (CPU-scale ...) · seed 0 · width 16 · <data> · commit abc123'."""
+    """'preset cpu (CPU-scale ...) · seed 0 · width 16 · <data copy> <fingerprint> · commit abc123'
+    (the fingerprint where the run records one)."""
+    data = " ".join(filter(None, (run["data"], run.get("data_fingerprint"))))
     return (f"preset {run['preset']} ({run['scale']}) · seed {run['seed']} · width {run['width']}"
-            f" · {run['data']} · commit {commit()}")
+            f" · {data} · commit {commit()}")
 
 
 def figure_dir() -> Path:
