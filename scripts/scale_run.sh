@@ -11,7 +11,7 @@ set -uo pipefail
 preset=$1 arch=$2 out=$3 budget=$4
 shift 4
 mkdir -p "$out"
-upgp() { python -m upgp.cli "$@"; }
+upgp() { python -m upgp "$@"; }
 sets=() suffix=""
 for kv in ${UPGP_SET:-}; do sets+=(--set "$kv"); suffix="-set"; done
 start=$SECONDS last=0

@@ -46,7 +46,7 @@ def test_scale_run_script_writes_what_cli_runs_reads(tmp_path):
     from upgp.reproduce import ROOT, cli_runs
 
     out = tmp_path / "runs"
-    env = {**os.environ, "UPGP_CACHE": str(tmp_path / "cache"), "UPGP_SET": "repair_steps=5"}
+    env = {**os.environ, "UPGP_SET": "repair_steps=5"}  # the session's cache: its models too
     subprocess.run(["bash", str(Path(ROOT) / "scripts" / "scale_run.sh"), "smoke",
                     "preact_resnet18", str(out), "1", "blended", "badnets"],
                    check=True, env=env, cwd=ROOT, capture_output=True)

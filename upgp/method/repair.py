@@ -33,9 +33,12 @@ from torch import Tensor, nn
 
 from ..presets import check_choice
 from ..train import accuracy, endless_batches, random_crop_flip
-from .config import TRIGGER_FORMS, UPGPConfig
+from .config import REPAIR_SELECTIONS, TRIGGER_FORMS, UPGPConfig
 from .projection import project_out
 from .unlearning import Data, RemovalLog, _batch_loss, _cosine, _grads, merge_logs, projected_unlearning
+
+__all__ = ["REPAIR_SELECTIONS", "TRIGGER_FORMS", "estimated_trigger", "projected_repair",
+           "remove_and_repair", "stamp"]
 
 
 def estimated_trigger(x_flagged: Tensor, x_reserve: Tensor, form: str = "shift"
