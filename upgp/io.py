@@ -78,6 +78,10 @@ def check_writable(path: Path | None, flag: str, folder: bool = False) -> None:
     if not folder and path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give a file name")
     where = path if folder else path.parent
+    existing = next(p for p in (where, *where.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path} cannot be written ({existing} is a file, not a folder); "
+                         "choose a path in a writable folder")
     try:
         where.mkdir(parents=True, exist_ok=True)
         fd, scratch = tempfile.mkstemp(dir=where, prefix=".upgp-write-check-")
