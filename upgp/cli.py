@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
     p_rep.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")
     p_rep.add_argument("--jobs", type=int, default=1,
-                       help="notebooks run at a time, each with cores / jobs threads (default 1)")
+                       help="notebooks run at a time (default 1)")
     p_rep.set_defaults(func=cmd_reproduce)
     p_run = sub.add_parser("run", help="rerun one notebook with other parameters into runs/")
     p_run.add_argument("notebook", help="notebook name, number or path")

@@ -165,14 +165,11 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _kernel_environment(figures: Path, results: Path, threads: int | None = None
-                        ) -> Iterator[None]:
-    """Set what the kernels inherit from the runner (figure and results folders, and with
-    ``threads`` each kernel's CPU threads); the runner's environment is restored after."""
+def _kernel_environment(figures: Path, results: Path) -> Iterator[None]:
+    """Set what the kernels inherit from the runner (the figure and results folders); the
+    runner's environment is restored after."""
     figures.mkdir(parents=True, exist_ok=True)
     env = {"UPGP_FIGURES": str(figures), "UPGP_RESULTS": str(results)}
-    if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -237,9 +234,10 @@ def notebook_parameters(notebook: str, preset: str, parameters: dict[str, Any] |
 
 def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
               parameters: dict[str, Any] | None = None, jobs: int = 1) -> pd.DataFrame:
-    """Execute the notebooks at ``preset``, ``jobs`` at a time (each kernel then gets
-    cores / jobs CPU threads); return (and save) a table of status and wall time, in chapter
-    order. Notebooks share the model and defense caches, whose writes are atomic."""
+    """Execute the notebooks at ``preset``, ``jobs`` at a time; return (and save) a table of
+    status and wall time, in chapter order. Notebooks share the model and defense caches, whose
+    writes are atomic. Each kernel keeps torch's thread count: a model trained with another
+    thread count has other weights, so the numbers do not depend on ``jobs``."""
     selected = resolve(only)
     runs = {nb.stem: notebook_parameters(nb.stem, preset, parameters) for nb in selected}
     for nb in selected:
@@ -261,8 +259,7 @@ def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
             return {"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
                     "seconds": float("nan")}
 
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    with _kernel_environment(base / "figures", results, threads):
+    with _kernel_environment(base / "figures", results):
         with ThreadPoolExecutor(jobs) as pool:
             rows = list(pool.map(run, selected))
     table = pd.DataFrame(rows)
