@@ -36,7 +36,7 @@ def test_every_notebook_has_parameters_and_no_outputs():
 
 
 def test_notebooks_execute_at_smoke_preset(tmp_path, monkeypatch):
-    table = reproduce("smoke", jobs=2)
+    table = reproduce("smoke")
     assert list(table.status) == ["ok"] * len(notebooks()), table.to_string()
     # one command reruns a chapter for one attack; from an empty cache it reproduces that row
     monkeypatch.setenv("UPGP_CACHE", str(tmp_path / "fresh-cache"))

@@ -211,7 +211,7 @@ SMOKE_GRID: dict[str, dict[str, Any]] = {
     "03_detection": {"attacks": "blended", "roc_attack": "blended"},
     "04_main_results": {"attacks": "blended", "archs": "vgg19_bn", "extra_seeds": "1",
                         "seed_attacks": "blended"},
-    "05_baselines": {"attacks": "blended", "more_archs": ""},
+    "05_baselines": {"attacks": "blended", "arch": "vgg19_bn", "more_archs": ""},
     "06_ablations": {"attack": "blended", "z_thresholds": "2.5", "strengths": "0.3",
                      "reserve_fractions": "0.4", "removal_budget": 40, "poison_ratios": "0.1",
                      "repair_attacks": "blended", "redirection_attacks": "blended",
