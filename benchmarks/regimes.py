@@ -1,6 +1,6 @@
-"""UPGP across regimes: the default config and the self-setting one on the same models.
+"""UPGP across regimes: the defaults before and after issue 23 on the same models.
 
-    python benchmarks/regimes.py --preset cpu [--only cpu-preset poison-5%] [--configs default]
+    python benchmarks/regimes.py --preset cpu [--only preset "poisoning 5%"] [--configs "new default"]
 
 The grid (issue 23): the preset itself on both architectures and five attacks; a converged
 regime (3x the epochs); width 32; 5% poisoning; a 500-image reserve; a second seed; and the
@@ -27,7 +27,8 @@ from upgp.reproduce import results_dir
 
 ATTACKS = ("badnets", "blended", "sig", "wanet", "iad")
 ARCHS = ("preact_resnet18", "vgg19_bn")
-CONFIGS = ("default", "self-setting")
+# "new default": UPGPConfig(), set from the reserve; "old default": its fixed_constants()
+CONFIGS = ("old default", "new default")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def grid(preset: str) -> list[Regime]:
 
 def config_for(name: str, bf16: bool, seed: int) -> UPGPConfig:
     base = UPGPConfig(bf16=bf16, seed=seed)
-    return base.self_setting() if name == "self-setting" else base
+    return base.fixed_constants() if name == "old default" else base
 
 
 def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> dict[str, Any]:
@@ -94,6 +95,27 @@ def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> 
 
 
 KEY = ["regime", "attack", "arch", "seed", "config"]
+TOOK_HOLD = 80.0  # no-defense ASR (%) from which an attack counts as having taken hold
+
+
+def bars(table: pd.DataFrame) -> pd.DataFrame:
+    """Issue 23's bars per config, on the rows where the attack took hold: the share of rows
+    with ASR <= 5 and ACC drop <= 2, with RA >= clean-model RA - 5, with removal steps > 0;
+    and issue 27's on the other rows (clean models, backdoors that did not take hold): flagged
+    share <= 2%, ACC drop <= 0.5, ASR rise <= 1."""
+    t = table.assign(took=table["ASR before"] >= TOOK_HOLD,
+                     drop=table["ACC before"] - table["ACC after"])
+    rows = []
+    for config, g in t.groupby("config", sort=False):
+        hold, rest = g[g.took], g[~g.took]
+        rows.append({"config": config, "rows held": len(hold),
+                     "ASR<=5 & drop<=2": ((hold["ASR after"] <= 5) & (hold["drop"] <= 2)).mean(),
+                     "RA>=clean-5": (hold["RA after"] >= hold["clean-model RA"] - 5).mean(),
+                     "steps>0": (hold["removal steps"] > 0).mean(),
+                     "rows not held": len(rest),
+                     "no harm": ((rest["flagged share"] <= 0.02) & (rest["drop"] <= 0.5)
+                                 & (rest["ASR after"] - rest["ASR before"] <= 1)).mean()})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -130,6 +152,8 @@ def main() -> None:
                "true poisons", "removal steps", "stop", "UPGP s / epoch"]
     print(f"preset {args.preset}; data: {table['data'].iloc[0] if len(table) else '-'}")
     print(table[columns].round(2).to_string(index=False))
+    print(f"\nshares of rows meeting the bars (attack took hold: no-defense ASR >= {TOOK_HOLD})")
+    print(bars(table).round(2).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,14 @@ def cmd_defend(args: argparse.Namespace) -> None:
         print(f"detection: {auroc}flagged {det['flagged']}/{det['true_poisoned']}  "
               f"precision {det['precision']:.3f}  recall {det['recall']:.3f}  FPR {det['fpr']:.4f}")
     if "upgp" in r:
+        u = r["upgp"]
+        if u.get("detection_backdoor_found") is False:
+            print(f"nothing to remove: {100 * u['detection_evidence_share']:.2f}% of the training "
+                  f"set scores under the held-out reserve's {100 * config.reserve_fpr:g}% "
+                  f"quantile, within clean noise (bound {100 * u['detection_evidence_bound']:.2f}"
+                  f"%); the model is returned unchanged")
+        else:
+            print(f"removal: {u['removal_steps']} steps, stopped: {u['removal_stop']}")
         print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in r["upgp"]["seconds"].items()))
     _finish(r, args.out)
 

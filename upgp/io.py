@@ -38,9 +38,11 @@ def cache_dir() -> Path:
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = dataclasses.asdict(obj)
-        for f in dataclasses.fields(obj):  # fields added later: hashed only when set (old keys hold)
-            if f.name in getattr(obj, "HASHED_ONLY_WHEN_SET", ()) and fields[f.name] == f.default:
-                del fields[f.name]
+        # fields added later are hashed only where they differ from the behaviour they added to
+        # (``HASH_OMITS``, name -> that value), so the keys of configs made before them hold
+        for name, before in getattr(obj, "HASH_OMITS", {}).items():
+            if fields.get(name, object()) == before:
+                del fields[name]
         return _jsonable(fields)
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in sorted(obj.items())}

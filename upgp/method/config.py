@@ -1,7 +1,8 @@
 """``UPGPConfig``: every setting of UPGP as one frozen dataclass, validated on construction.
 
 Flat fields, so that cache keys (a hash of the fields) of configs made before a field existed
-still hold: those fields are hashed only when set (``HASHED_ONLY_WHEN_SET``).
+still hold: a field is hashed only where it differs from the value that reproduces the code before
+it existed (``HASH_OMITS``), whatever its default is now.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ REMOVAL_LOSSES = ("ascent", "bounded", "max_entropy")
 REMOVAL_STEPS = ("sgd", "relative")
 REPAIR_SELECTIONS = ("holdout", "stamped")
 TRIGGER_FORMS = ("shift", "affine")
+# the fields whose defaults issue 23 changed (with rule and removal_backtracks, hashed always)
+FIXED_CONSTANTS = ("evidence_z", "removal_step", "removal_growth", "normal_ema", "holdout_z",
+                   "max_target_rise", "stop_counts_clean")
 
 
 @dataclass(frozen=True)
 class UPGPConfig(Settings):
-    """Every setting of UPGP (defaults: the CPU-scale choices documented in the book).
+    """Every setting of UPGP, by step of ``method.md``.
 
-    Fields by step of ``method.md``; those marked *extension* are this book's, off by default,
-    and ``self_setting()`` turns on the ones that set removal and detection from the reserve.
+    Detection and removal set themselves from the reserve by default (issue 23): the flagged set
+    is what scores under the held-out reserve's ``reserve_fpr`` quantile, "nothing to remove"
+    where that tail is no heavier than clean noise, and removal takes trust-region steps that
+    grow while held-out checks pass. ``fixed_constants()`` gives the earlier defaults. Fields
+    marked *extension* are this book's; those of step 5 (repair) are off by default.
     """
 
     # 1. unlearning perturbation
@@ -40,13 +47,13 @@ class UPGPConfig(Settings):
     score: str = "loss_after"  # "loss_after", "loss_change", "confidence_change"
     # 3. detection
     calibrate: bool = False  # divide each score by its label's median on the held-out reserve
-    rule: str = "gmm"  # "gmm", "robust_z" or "reserve_quantile"
+    rule: str = "reserve_quantile"  # "reserve_quantile", "gmm" or "robust_z"
     z_threshold: float = 2.5
     per_class: bool = False
     reserve_fpr: float = 0.01  # reserve_quantile: flag below this quantile of held-out reserve scores
     # extension: "nothing to remove" unless the share of training scores under the held-out
     # reserve's reserve_fpr quantile exceeds reserve_fpr by this many standard errors (0: off)
-    evidence_z: float = 0.0
+    evidence_z: float = 3.0
     # 4. removal
     projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
     removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
@@ -55,17 +62,17 @@ class UPGPConfig(Settings):
     removal_max_steps: int = 300
     stop_flagged_accuracy: float = 0.1
     max_holdout_drop: float = 0.02  # accept at most 2 points lost on the held-out reserve
-    removal_backtracks: int = 0  # on a rejected check: undo, halve the step size, go on (this often)
+    removal_backtracks: int = 6  # on a rejected check: undo, halve the step size, go on (this often)
     check_every: int = 5
     # extension: step and stopping set by what the step does on the reserve (unlearning.py)
-    removal_step: str = "sgd"  # "sgd": removal_lr x g; "relative": a trust region per layer
+    removal_step: str = "relative"  # a trust region relative to the weights; "sgd": removal_lr x g
     removal_radius: float = 0.01  # "relative": first step's size, relative to the weights
-    removal_growth: float = 1.0  # "relative": step size x this after each accepted check
-    normal_ema: float = 0.0  # n: moving average of reserve-batch gradients (0: one batch)
-    holdout_z: float = 0.0  # held-out drop allowed beyond max_holdout_drop, in standard errors
-    max_target_rise: float = 1.0  # reject a check raising the share of held-out images sent to
-    #                               the flagged set's label by more than this (+ holdout_z s.e.)
-    stop_counts_clean: bool = False  # removal's target allows for the clean share of B
+    removal_growth: float = 1.5  # "relative": step size x this after each accepted check
+    normal_ema: float = 0.9  # n: moving average of reserve-batch gradients (0: one batch)
+    holdout_z: float = 1.0  # held-out drop allowed beyond max_holdout_drop, in standard errors
+    max_target_rise: float = 0.01  # reject a check raising the share of held-out images sent to
+    #                                the flagged set's label by more than this (+ holdout_z s.e.)
+    stop_counts_clean: bool = True  # removal's target allows for the clean share of B
     subspace_k: int = 4
     gpm_energy: float = 0.97
     # 5. repair (optional): fine-tune on the reserve along g_N projected off g_B (repair.py)
@@ -82,12 +89,15 @@ class UPGPConfig(Settings):
     seed: int = 0
     bf16: bool = True
 
-    # added after results were cached: hashed only when set, so cache keys made before hold
-    HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = (
-        "repair_steps", "repair_lr", "repair_project", "repair_max_flagged_rise", "removal_rounds",
-        "repair_trigger_share", "repair_select", "repair_trigger", "calibrate", "reserve_fpr",
-        "evidence_z", "removal_step", "removal_radius", "removal_growth", "normal_ema",
-        "holdout_z", "max_target_rise", "stop_counts_clean")
+    # fields added after results were cached, with the value each had before it existed: hashed
+    # only where they differ from it, so cache keys made before hold
+    HASH_OMITS: ClassVar[dict[str, Any]] = {
+        "repair_steps": 0, "repair_lr": 0.003, "repair_project": True,
+        "repair_max_flagged_rise": 0.05, "removal_rounds": 1, "repair_trigger_share": 0.0,
+        "repair_select": "holdout", "repair_trigger": "shift", "calibrate": False,
+        "reserve_fpr": 0.01, "evidence_z": 0.0, "removal_step": "sgd", "removal_radius": 0.01,
+        "removal_growth": 1.0, "normal_ema": 0.0, "holdout_z": 0.0, "max_target_rise": 1.0,
+        "stop_counts_clean": False}
 
     def __post_init__(self) -> None:
         for what, value, allowed in (
@@ -108,19 +118,14 @@ class UPGPConfig(Settings):
             raise ValueError(f"repair_trigger_share {self.repair_trigger_share} is outside [0, 1]")
         if not 0.0 <= self.normal_ema < 1.0:
             raise ValueError(f"normal_ema {self.normal_ema} is outside [0, 1)")
-        if self.removal_step == "relative" and self.projection not in ("none", "vector", "layer"):
-            raise ValueError(f"removal_step 'relative' takes projection none, vector or layer, "
-                             f"not {self.projection!r}")
 
-    def self_setting(self) -> UPGPConfig:
-        """This config with removal and detection set from the reserve (issue 23's candidate
-        defaults): detection against the held-out reserve's clean scores, with a "nothing to
-        remove" outcome; a relative trust-region step that grows while held-out checks pass and
-        halves when one fails; a held-out tolerance that counts the check's own noise; n as a
-        moving average; a guard against removal sending clean images to the flagged label."""
-        return self.replace(rule="reserve_quantile", evidence_z=3.0, removal_step="relative",
-                            removal_growth=1.5, removal_backtracks=6, normal_ema=0.9,
-                            holdout_z=1.0, max_target_rise=0.01, stop_counts_clean=True)
+    def fixed_constants(self) -> UPGPConfig:
+        """This config with removal and detection set by the constants chosen at the cpu preset,
+        the defaults before issue 23: a two-component mixture on the scores and no "nothing to
+        remove"; plain SGD at ``removal_lr``, a fixed held-out drop, no backtracking, n from one
+        reserve batch. Kept to measure the change (``benchmarks/regimes.py``)."""
+        return self.replace(**{k: v for k, v in self.HASH_OMITS.items() if k in FIXED_CONSTANTS},
+                            rule="gmm", removal_backtracks=0)
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.

@@ -66,6 +66,14 @@ def relative_step(g: Sequence[Tensor], n: Sequence[Tensor] | None, weights: Sequ
     return [-(radius / norm) * d * vi for d, vi in zip(metric, v)]
 
 
+def scale_to_radius(v: Sequence[Tensor], weights: Sequence[Tensor], radius: float) -> list[Tensor]:
+    """-c v with c set so that sqrt(sum_l ||c v_l||^2 / ||W_l||^2) = radius: the relative step
+    along a direction already projected (subspace, GPM), which a scalar keeps orthogonal."""
+    size = sum(_dot(vi, vi) / w.detach().float().pow(2).sum().clamp_min(1e-12)
+               for vi, w in zip(v, weights)).sqrt().clamp_min(1e-30)
+    return [-(radius / size) * vi for vi in v]
+
+
 def project_out_per_layer(g: Sequence[Tensor], n: Sequence[Tensor]) -> list[Tensor]:
     """``project_out`` applied to each parameter tensor on its own."""
     return [project_out(gi, ni) for gi, ni in zip(g, n)]

@@ -31,6 +31,7 @@ from .projection import (
     project_out_per_layer,
     project_out_subspace,
     relative_step,
+    scale_to_radius,
 )
 
 Data = tuple[Tensor, Tensor]
@@ -153,7 +154,8 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
     Each step: g_u on a batch of B (``removal_loss``), n on a batch of the reserve's ``fit``
     part (``normal_ema``: a moving average), then a step along g_u projected off n: ``sgd``,
     -removal_lr g_proj; ``relative``, ``relative_step`` of size radius (``removal_radius``,
-    times ``removal_growth`` after each accepted check). Every ``check_every`` steps a
+    times ``removal_growth`` after each accepted check; for the subspace and GPM projections,
+    g_proj scaled to that relative size, ``scale_to_radius``). Every ``check_every`` steps a
     ``HoldoutCheck`` against ``reference`` (default: ``model``) accepts the steps, or undoes
     them back to the last accepted check and halves the step size (at most
     ``removal_backtracks`` times, then stops). Stops too once B's accuracy on its labels is at
@@ -198,7 +200,7 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
             n = normals[0] if n is None or ema == 0 else [ema * a + (1 - ema) * b
                                                           for a, b in zip(n, normals[0])]
             cos_sum, cos_count = cos_sum + abs(_cosine(g, n)), cos_count + 1
-        if config.removal_step == "relative":
+        if config.removal_step == "relative" and projection in ("none", "vector", "layer"):
             step = relative_step(g, n, params, size, per_layer=projection == "layer")
         else:
             if projection == "vector":
@@ -210,7 +212,8 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
             elif projection == "gpm":
                 projected = project_gpm(dict(zip(names, g)), bases)
                 g = [projected[k] for k in names]
-            step = [-size * gi for gi in g]
+            step = ([-size * gi for gi in g] if config.removal_step == "sgd"
+                    else scale_to_radius(g, params, size))
         with torch.no_grad():
             for p, d in zip(params, step):
                 p.add_(d)

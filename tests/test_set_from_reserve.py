@@ -1,4 +1,4 @@
-"""UPGP set from the reserve (``UPGPConfig.self_setting``): the relative step, scale invariance,
+"""UPGP's defaults, set from the reserve (issue 23): the relative step, scale invariance,
 detection that follows the poison count, "nothing to remove", and no test data anywhere."""
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ from torch import nn
 from upgp.experiments import clean_reference_model
 from upgp.method import UPGPConfig, projected_unlearning, upgp_defend
 from upgp.method.detection import backdoor_evidence
-from upgp.method.projection import _dot, relative_step
+from upgp.method.projection import (
+    _dot,
+    orthonormal_basis,
+    project_out_subspace,
+    relative_step,
+    scale_to_radius,
+)
 from upgp.method.unlearning import _grads
 from upgp.models import PreActBlock
 
-SELF = UPGPConfig().self_setting()
+DEFAULT = UPGPConfig()
 
 
 def test_relative_step_is_orthogonal_to_n_and_of_the_given_size():
@@ -36,6 +42,12 @@ def test_relative_step_is_orthogonal_to_n_and_of_the_given_size():
         assert relative == pytest.approx(0.01)
     unprojected = relative_step(g, None, weights, 0.01)
     assert float(_dot(unprojected, g)) < 0  # a descent direction
+    normals = [n, [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]]
+    along = project_out_subspace(g, orthonormal_basis(normals))  # the subspace projection
+    step = scale_to_radius(along, weights, 0.01)
+    assert all(abs(float(_dot(step, m))) < 1e-10 for m in normals)
+    relative = sum(float(_dot(s, s) / _dot(w, w)) for s, w in zip(step, weights)) ** 0.5
+    assert relative == pytest.approx(0.01)
 
 
 def rescaled_conv_bn(model: nn.Module, c: float) -> nn.Module:
@@ -62,7 +74,7 @@ def test_relative_removal_takes_as_many_steps_at_another_scale(smoke_scenario):
     assert any(not torch.equal(p, q) for p, q in zip(sc.model.parameters(), scaled.parameters()))
     flagged = (sc.train.x[sc.train.poison_idx], sc.train.y[sc.train.poison_idx])
     fit, hold = (sc.reserve_x[:50], sc.reserve_y[:50]), (sc.reserve_x[50:], sc.reserve_y[50:])
-    config = SELF.replace(bf16=False, removal_max_steps=40)
+    config = DEFAULT.replace(bf16=False, removal_max_steps=40)
     steps = {}
     for name, model in (("as trained", sc.model), ("rescaled", scaled)):
         _, log = projected_unlearning(model, flagged, fit, hold, config)
@@ -90,7 +102,7 @@ def test_a_clean_model_has_nothing_to_remove_and_keeps_its_weights(smoke_scenari
     sc = smoke_scenario
     clean = clean_reference_model(sc, progress=False)
     cleaned, report = upgp_defend(clean, (sc.train.x, sc.train.y),
-                                  (sc.reserve_x, sc.reserve_y), SELF)
+                                  (sc.reserve_x, sc.reserve_y), DEFAULT)
     assert not report.detection.found and report.detection.rule == "nothing to remove"
     assert len(report.detection.flagged) <= 0.02 * len(sc.train.y) + 5
     assert report.removal.stop_reason == "nothing to remove" and report.removal.steps == 0
@@ -116,7 +128,7 @@ def test_no_threshold_reads_test_data(smoke_scenario):
     from upgp.experiments import run_upgp
 
     sc = smoke_scenario
-    config = SELF.replace(removal_max_steps=10)
+    config = DEFAULT.replace(removal_max_steps=10)
     first = run_upgp(sc, config, use_cache=False)
     scrambled = copy.copy(sc)
     gen = torch.Generator().manual_seed(1)
