@@ -142,15 +142,8 @@ def test_no_threshold_reads_test_data(smoke_scenario):
 
 
 def test_the_regime_grid_spans_the_issue_regimes():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from upgp import regimes
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes.py"
-    spec = importlib.util.spec_from_file_location("regimes", path)
-    regimes = importlib.util.module_from_spec(spec)
-    sys.modules["regimes"] = regimes  # dataclasses look their module up there
-    spec.loader.exec_module(regimes)
     rows = regimes.grid("cpu")
     backdoored = [r for r in rows if not r.clean]
     assert len(backdoored) >= 24 and len({(r.arch, r.seed) for r in rows if r.clean}) == 4

@@ -212,3 +212,35 @@ def curve_grid(table: Any, x: str, y: str, rows: str, cols: str, hue: str) -> Fi
             ax.set_ylabel(y.upper() + " (%)")
     axes[0, 0].legend(fontsize=6)
     return fig
+
+
+CONFIG_COLOURS = ("#E69F00", "#0072B2")  # Okabe-Ito orange and blue: safe for colour-blind readers
+
+
+def regime_panels(table: Any, hue: str = "config") -> Figure:
+    """The regime grid against its bars, one marker per row and ``hue`` value: ASR after vs the
+    ACC drop (the box: ASR <= 5, drop <= 2) and RA after vs the clean model's RA (the line:
+    RA = clean RA - 5). ``table``: ``upgp.regimes`` rows where the attack took hold."""
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
+    box, ra = axes
+    box.axvspan(0, 5, ymax=1, color="0.92", zorder=0)
+    box.axhline(2, color="0.5", lw=0.8, ls="--")
+    box.axvline(5, color="0.5", lw=0.8, ls="--")
+    low = min(60.0, float(table["clean-model RA"].min()) - 5)
+    ra.plot([low, 100], [low - 5, 95], color="0.5", lw=0.8, ls="--")
+    markers = itertools.cycle("os^D")
+    for (name, part), colour in zip(table.groupby(hue, sort=False), itertools.cycle(CONFIG_COLOURS)):
+        style = dict(color=colour, marker=next(markers), s=18, alpha=0.8, label=name, lw=0)
+        box.scatter(part["ASR after"], part["ACC before"] - part["ACC after"], **style)
+        ra.scatter(part["clean-model RA"], part["RA after"], **style)
+    box.set_xscale("symlog", linthresh=5)
+    box.set_xlim(0, 100)
+    box.set_xlabel("ASR after UPGP (%)")
+    box.set_ylabel("ACC drop (points)")
+    box.set_title("backdoor removed, accuracy kept (box)")
+    ra.set_xlabel("RA of a backdoor-free model (%)")
+    ra.set_ylabel("RA after UPGP (%)")
+    ra.set_title("robust accuracy restored (above the line)")
+    ra.legend(loc="upper left", frameon=False)
+    return fig

@@ -222,6 +222,8 @@ SMOKE_GRID: dict[str, dict[str, Any]] = {
     "09_reemergence": {"seeds": "0", "attacks": "blended"},
     "10_reserve_calibration": {"models": "vgg19_bn:0;preact_resnet18:0", "attacks": "blended"},
     "11_projection_seeds": {"models": "vgg19_bn:0;preact_resnet18:0", "attacks": "blended"},
+    "12_regimes": {"regimes": "preset,clean", "archs": "vgg19_bn", "attacks": "blended",
+                   "configs": "new default"},
 }
 
 

@@ -1,0 +1,174 @@
+"""UPGP across regimes (issue 23): the defaults before and after on the same models.
+
+The grid: the preset itself on both architectures and five attacks; a converged regime (3x the
+epochs); width 32; 5% poisoning; a 500-image reserve; a second seed; and the backdoor-free
+reference models ("clean", issue 27: nothing to remove). Each row is one (regime, model, config):
+ACC / ASR / RA before and after, the clean model's RA, AUROC, flagged / true poisons, removal
+steps and stop reason, and UPGP's wall time over one training epoch. ``run_grid`` appends rows
+to ``results/<preset>/regimes.csv`` as each finishes and skips finished ones; models come from,
+and go to, the model cache. ``benchmarks/regimes.py`` is its command line; chapter 12 shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .experiments import backdoored_model, clean_reference, clean_scenario, run_upgp
+from .io import atomic_write
+from .method import UPGPConfig
+from .presets import check_choice, get_preset
+from .reproduce import results_dir
+
+ATTACKS = ("badnets", "blended", "sig", "wanet", "iad")
+ARCHS = ("preact_resnet18", "vgg19_bn")
+# "new default": UPGPConfig(), set from the reserve; "old default": its fixed_constants()
+CONFIGS = ("old default", "new default")
+KEY = ["regime", "attack", "arch", "seed", "config"]
+CLEAN_ATTACK = "none (clean model)"
+TOOK_HOLD = 80.0  # no-defense ASR (%) from which an attack counts as having taken hold
+TRAIN_IMAGES = {"cifar10": 50_000, "synthetic": 2_000}  # before the reserve is split off
+SMALL_RESERVE = 0.2  # the small-reserve regime: this share of the reserve (500 of 2,500 at cpu)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One model of the grid and the reserve UPGP is given (0: the whole reserve)."""
+
+    name: str
+    attack: str
+    arch: str
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)  # preset fields: epochs, width, ...
+    reserve_size: int = 0
+    clean: bool = False  # the scenario's backdoor-free reference model and clean training set
+
+    @property
+    def attack_label(self) -> str:
+        return CLEAN_ATTACK if self.clean else self.attack
+
+
+def grid(preset: str) -> list[Regime]:
+    """Every regime of the grid at ``preset``, cheapest models first within each regime."""
+    settings = get_preset(preset)
+    epochs = settings.epochs
+    small = round(TRAIN_IMAGES[settings.dataset] * settings.reserve_ratio * SMALL_RESERVE)
+    rows = [Regime("preset", a, m) for m in ARCHS for a in ATTACKS]
+    rows += [Regime("converged (3x epochs)", a, "vgg19_bn", overrides={"epochs": 3 * epochs})
+             for a in ("badnets", "blended")]
+    rows += [Regime("width 32", a, "preact_resnet18", overrides={"width": 32})
+             for a in ("badnets", "blended")]
+    rows += [Regime("poisoning 5%", a, m, overrides={"poison_ratio": 0.05})
+             for m, attacks in (("preact_resnet18", ("badnets", "blended", "wanet")),
+                                ("vgg19_bn", ("badnets", "blended"))) for a in attacks]
+    rows += [Regime(f"reserve {small}", a, m, reserve_size=small)
+             for m, a in (("preact_resnet18", "badnets"), ("preact_resnet18", "blended"),
+                          ("vgg19_bn", "badnets"))]
+    rows += [Regime("seed 1", "badnets", "preact_resnet18", seed=1),
+             Regime("seed 1", "blended", "vgg19_bn", seed=1)]
+    rows += [Regime("clean", "badnets", m, seed=s, clean=True) for m in ARCHS for s in (0, 1)]
+    return rows
+
+
+def select(regimes: Sequence[Regime], names: Sequence[str] = (), archs: Sequence[str] = (),
+           attacks: Sequence[str] = ()) -> list[Regime]:
+    """The regimes named, on the architectures and (for backdoored models) attacks given; an
+    empty filter keeps all. A one-line error for a name the grid does not have."""
+    for what, values, allowed in (("regime", names, [r.name for r in regimes]),
+                                  ("architecture", archs, ARCHS), ("attack", attacks, ATTACKS)):
+        for value in values:
+            check_choice(what, value, dict.fromkeys(allowed))
+    return [r for r in regimes if (not names or r.name in names) and (not archs or r.arch in archs)
+            and (not attacks or r.clean or r.attack in attacks)]
+
+
+def config_for(name: str, bf16: bool, seed: int) -> UPGPConfig:
+    check_choice("config", name, CONFIGS)
+    base = UPGPConfig(bf16=bf16, seed=seed)
+    return base.fixed_constants() if name == "old default" else base
+
+
+def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> dict[str, Any]:
+    """One row of the grid: UPGP under ``config_name`` on the regime's model."""
+    sc = backdoored_model(regime.attack, regime.arch, preset, regime.seed, data, progress=False,
+                          **regime.overrides)
+    clean_ra = clean_reference(sc, data, progress=False)["ra"]
+    target = clean_scenario(sc, data, progress=False) if regime.clean else sc
+    config = config_for(config_name, sc.preset.bf16, regime.seed)
+    # the clean scenario shares the backdoored model's cache name: its runs are not cached
+    result = run_upgp(target, config, reserve_size=regime.reserve_size,
+                      use_cache=not regime.clean).result
+    det, upgp, run = result["detection"], result["upgp"], result["run"]
+    return {"regime": regime.name, "attack": regime.attack_label, "arch": regime.arch,
+            "seed": regime.seed, "config": config_name, "preset": preset, "width": run["width"],
+            "epochs": run["epochs"], "poison ratio": run["poison_ratio"],
+            "reserve": result["reserve_size"],
+            **{f"{k.upper()} before": v for k, v in result["before"].items()},
+            **{f"{k.upper()} after": v for k, v in result["after"].items()},
+            "clean-model RA": clean_ra, "AUROC": det.get("auroc", float("nan")),
+            "flagged": det["flagged"], "true poisons": det["true_poisoned"],
+            "flagged share": det["flagged"] / run["train_size"],
+            "backdoor found": upgp.get("detection_backdoor_found", True),
+            "removal steps": upgp["removal_steps"], "stop": upgp["removal_stop"],
+            "UPGP s / epoch": result["wall_seconds"] / result["train_epoch_seconds"],
+            "data": run["data"], "data fingerprint": run["data_fingerprint"]}
+
+
+def run_grid(preset: str, regimes: Sequence[Regime], configs: Sequence[str] = CONFIGS,
+             data: str | None = None, on_row: Callable[[dict[str, Any]], None] | None = None
+             ) -> pd.DataFrame:
+    """Measure every (regime, config) not yet in ``results/<preset>/regimes.csv``, writing the
+    file after each row (an interrupted run loses nothing finished); returns the rows of
+    ``regimes`` x ``configs``, in grid order."""
+    for name in configs:
+        check_choice("config", name, CONFIGS)
+    out = results_dir(preset) / "regimes.csv"
+    rows = pd.read_csv(out).to_dict("records") if out.exists() else []
+    key = lambda row: tuple(str(row[k]) for k in KEY)  # noqa: E731
+    done = {key(row) for row in rows}
+    wanted = [(r.name, r.attack_label, r.arch, str(r.seed), c) for r in regimes for c in configs]
+    for regime in regimes:
+        for config_name in configs:
+            if (regime.name, regime.attack_label, regime.arch, str(regime.seed),
+                    config_name) in done:
+                continue
+            rows.append(measure(regime, config_name, preset, data))
+            atomic_write(out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+            if on_row is not None:
+                on_row(rows[-1])
+    order = {k: i for i, k in enumerate(wanted)}
+    return pd.DataFrame(sorted((r for r in rows if key(r) in order), key=lambda r: order[key(r)]))
+
+
+def bars(table: pd.DataFrame) -> pd.DataFrame:
+    """Issue 23's bars per config, on the rows where the attack took hold (no-defense ASR >=
+    ``TOOK_HOLD``): the share of rows with ASR <= 5 and ACC drop <= 2, with RA >= clean-model
+    RA - 5, with removal steps > 0; and issue 27's on the other rows (clean models, backdoors
+    that did not take hold): flagged share <= 2%, ACC drop <= 0.5, ASR rise <= 1. Indexed by
+    config."""
+    t = table.assign(took=table["ASR before"] >= TOOK_HOLD,
+                     drop=table["ACC before"] - table["ACC after"])
+    rows = []
+    for config, g in t.groupby("config", sort=False):
+        hold, rest = g[g.took], g[~g.took]
+        rows.append({"config": config, "rows held": len(hold),
+                     "ASR<=5 & drop<=2": ((hold["ASR after"] <= 5) & (hold["drop"] <= 2)).mean(),
+                     "RA>=clean-5": (hold["RA after"] >= hold["clean-model RA"] - 5).mean(),
+                     "steps>0": (hold["removal steps"] > 0).mean(),
+                     "rows not held": len(rest),
+                     "no harm": ((rest["flagged share"] <= 0.02) & (rest["drop"] <= 0.5)
+                                 & (rest["ASR after"] - rest["ASR before"] <= 1)).mean()})
+    return pd.DataFrame(rows).set_index("config")
+
+
+def description(table: pd.DataFrame) -> dict[str, Any]:
+    """What identifies a set of grid rows, for ``plotting.provenance``: the preset, and the
+    seeds, widths and data copies (name and fingerprint) they span."""
+    spans = {k: ", ".join(map(str, sorted(table[k].unique()))) for k in ("seed", "width")}
+    preset = str(table["preset"].iloc[0])
+    return {"preset": preset, "scale": get_preset(preset).scale_label(), **spans,
+            "data": "; ".join(table["data"].unique()),
+            "data_fingerprint": ", ".join(table["data fingerprint"].astype(str).unique())}
