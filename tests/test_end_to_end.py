@@ -32,7 +32,7 @@ def test_no_projection_uses_same_flagged_set(tmp_path):
                      "--out", str(out), *extra]) == 0
         outs.append(json.loads(out.read_text()))
     assert outs[0]["detection"] == outs[1]["detection"]
-    assert outs[0]["config"]["projection"] == "vector" and outs[1]["config"]["projection"] == "none"
+    assert outs[0]["config"]["projection"] == "gpm" and outs[1]["config"]["projection"] == "none"
 
 
 def test_scale_run_script_writes_what_cli_runs_reads(tmp_path):

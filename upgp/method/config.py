@@ -55,7 +55,9 @@ class UPGPConfig(Settings):
     # reserve's reserve_fpr quantile exceeds reserve_fpr by this many standard errors (0: off)
     evidence_z: float = 3.0
     # 4. removal
-    projection: str = "vector"  # "none", "vector", "layer", "subspace", "gpm"
+    # "gpm": each weight's step off the subspace of its inputs on the reserve, the null space of
+    # every reserve sample's gradient (issue 23); "vector": off one gradient n, the mean's
+    projection: str = "gpm"  # "none", "vector", "layer", "subspace", "gpm"
     removal_loss: str = "bounded"  # "bounded" (-log(1 - p_y)), "ascent" (-CE), "max_entropy"
     removal_lr: float = 1e-4
     removal_batch: int = 128
@@ -122,10 +124,10 @@ class UPGPConfig(Settings):
     def fixed_constants(self) -> UPGPConfig:
         """This config with removal and detection set by the constants chosen at the cpu preset,
         the defaults before issue 23: a two-component mixture on the scores and no "nothing to
-        remove"; plain SGD at ``removal_lr``, a fixed held-out drop, no backtracking, n from one
-        reserve batch. Kept to measure the change (``benchmarks/regimes.py``)."""
+        remove"; plain SGD at ``removal_lr`` off one reserve batch's gradient n ("vector"), a
+        fixed held-out drop, no backtracking. Kept to measure the change (``upgp.regimes``)."""
         return self.replace(**{k: v for k, v in self.HASH_OMITS.items() if k in FIXED_CONSTANTS},
-                            rule="gmm", removal_backtracks=0)
+                            rule="gmm", removal_backtracks=0, projection="vector")
 
     def with_repair(self, steps: int = 60, rounds: int = 3) -> UPGPConfig:
         """This four-step config plus step 5: ``steps`` repair steps per round, ``rounds`` at most.

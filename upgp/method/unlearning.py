@@ -154,8 +154,9 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
     Each step: g_u on a batch of B (``removal_loss``), n on a batch of the reserve's ``fit``
     part (``normal_ema``: a moving average), then a step along g_u projected off n: ``sgd``,
     -removal_lr g_proj; ``relative``, ``relative_step`` of size radius (``removal_radius``,
-    times ``removal_growth`` after each accepted check; for the subspace and GPM projections,
-    g_proj scaled to that relative size, ``scale_to_radius``). Every ``check_every`` steps a
+    times ``removal_growth`` after each accepted check; for GPM, ``relative_step`` of the
+    projected gradient, whose per-tensor scaling keeps it off the clean inputs' subspace; for
+    the subspace projection, g_proj scaled as a whole, ``scale_to_radius``). Every ``check_every`` steps a
     ``HoldoutCheck`` against ``reference`` (default: ``model``) accepts the steps, or undoes
     them back to the last accepted check and halves the step size (at most
     ``removal_backtracks`` times, then stops). Stops too once B's accuracy on its labels is at
@@ -212,8 +213,12 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
             elif projection == "gpm":
                 projected = project_gpm(dict(zip(names, g)), bases)
                 g = [projected[k] for k in names]
-            step = ([-size * gi for gi in g] if config.removal_step == "sgd"
-                    else scale_to_radius(g, params, size))
+            if config.removal_step == "sgd":
+                step = [-size * gi for gi in g]
+            elif projection == "gpm":  # per-tensor scalars keep G U = 0: the weight metric holds
+                step = relative_step(g, None, params, size)
+            else:  # a per-tensor metric would leave the subspace's orthogonal complement
+                step = scale_to_radius(g, params, size)
         with torch.no_grad():
             for p, d in zip(params, step):
                 p.add_(d)
