@@ -154,3 +154,26 @@ def test_the_regime_grid_spans_the_issue_regimes():
     assert {r.overrides.get("width") for r in backdoored} == {None, 32}
     assert any(r.overrides.get("epochs") == 36 for r in backdoored)
     assert {r.seed for r in backdoored} == {0, 1}
+
+
+def test_flagged_set_size_follows_the_poison_count():
+    """Detection against the held-out reserve's clean scores: on the synthetic Blended backdoor
+    at two poisoning rates, the flagged set is about as large as the poison count (a reserve of
+    200 images, 100 held out)."""
+    from upgp.experiments import backdoored_model
+    from upgp.method import detect_from_config, perturb_and_score, split_holdout
+
+    flagged = {}
+    for ratio in (0.05, 0.1):
+        sc = backdoored_model("blended", "preact_resnet18", "smoke", seed=0, progress=False,
+                              poison_ratio=ratio, reserve_ratio=0.1)
+        x_fit, y_fit, x_hold, y_hold = split_holdout(sc.reserve_x, sc.reserve_y,
+                                                     DEFAULT.holdout_ratio, DEFAULT.seed)
+        _, scores, reference = perturb_and_score(sc.model, sc.train.x, sc.train.y,
+                                                 (x_fit, y_fit), (x_hold, y_hold), DEFAULT)
+        _, detection = detect_from_config(scores, sc.train.y, reference, y_hold, DEFAULT)
+        poisons = len(sc.train.poison_idx)
+        assert detection.found, ratio
+        assert 0.75 * poisons <= len(detection.flagged) <= 1.35 * poisons, (ratio, poisons)
+        flagged[ratio] = len(detection.flagged)
+    assert flagged[0.1] > 1.5 * flagged[0.05]
