@@ -177,3 +177,12 @@ def test_flagged_set_size_follows_the_poison_count():
         assert 0.75 * poisons <= len(detection.flagged) <= 1.35 * poisons, (ratio, poisons)
         flagged[ratio] = len(detection.flagged)
     assert flagged[0.1] > 1.5 * flagged[0.05]
+
+
+def test_removal_target_is_the_clean_rate_of_the_flagged_label():
+    from upgp.method.unlearning import removal_target
+
+    assert removal_target(DEFAULT, 0.0, 0.03) == pytest.approx(0.03)
+    assert removal_target(DEFAULT, 0.0, 0.5) == pytest.approx(DEFAULT.stop_flagged_accuracy)
+    assert removal_target(DEFAULT, 0.2, 0.03) == pytest.approx(0.03 + 0.97 * 0.2)
+    assert removal_target(DEFAULT.fixed_constants(), 0.2, 0.03) == pytest.approx(0.1)

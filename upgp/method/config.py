@@ -22,7 +22,7 @@ REPAIR_SELECTIONS = ("holdout", "stamped")
 TRIGGER_FORMS = ("shift", "affine")
 # the fields whose defaults issue 23 changed (with rule and removal_backtracks, hashed always)
 FIXED_CONSTANTS = ("evidence_z", "removal_step", "removal_growth", "normal_ema", "holdout_z",
-                   "max_target_rise", "stop_counts_clean")
+                   "max_target_rise", "stop_counts_clean", "stop_at_clean_rate")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class UPGPConfig(Settings):
     max_target_rise: float = 0.01  # reject a check raising the share of held-out images sent to
     #                                the flagged set's label by more than this (+ holdout_z s.e.)
     stop_counts_clean: bool = True  # removal's target allows for the clean share of B
+    # the poisons' target: at most the rate at which held-out images of other labels are
+    # predicted as B's label (+ holdout_z s.e.), instead of stop_flagged_accuracy alone
+    stop_at_clean_rate: bool = True
     subspace_k: int = 4
     gpm_energy: float = 0.97
     # 5. repair (optional): fine-tune on the reserve along g_N projected off g_B (repair.py)
@@ -99,7 +102,7 @@ class UPGPConfig(Settings):
         "repair_select": "holdout", "repair_trigger": "shift", "calibrate": False,
         "reserve_fpr": 0.01, "evidence_z": 0.0, "removal_step": "sgd", "removal_radius": 0.01,
         "removal_growth": 1.0, "normal_ema": 0.0, "holdout_z": 0.0, "max_target_rise": 1.0,
-        "stop_counts_clean": False}
+        "stop_counts_clean": False, "stop_at_clean_rate": False}
 
     def __post_init__(self) -> None:
         for what, value, allowed in (

@@ -120,6 +120,14 @@ class HoldoutCheck:
         self.correct, self.others = first == y, y != label
         self.label, self.sent = label, (first == label) & self.others
 
+    def clean_rate(self) -> float:
+        """The share of held-out images of other labels that the reference model predicts as
+        ``label``, plus ``holdout_z`` binomial standard errors: how often a model says that
+        label on images without the trigger."""
+        m = max(1, int(self.others.sum()))
+        rate = float(self.sent.sum()) / m
+        return rate + self.config.holdout_z * (rate * (1 - rate) / m) ** 0.5
+
     def __call__(self, model: nn.Module) -> tuple[float, str]:
         """(held-out accuracy of ``model``, why the check is rejected or "")."""
         pred = predict(model, self.x, bf16=self.config.bf16)
@@ -135,11 +143,15 @@ class HoldoutCheck:
         return holdout, ""
 
 
-def removal_target(config: UPGPConfig, clean_share: float) -> float:
-    """The flagged set's accuracy on its labels at which removal stops: stop_flagged_accuracy,
-    or with ``stop_counts_clean`` s + (1 - s) c, where c is the estimated clean share of B
-    (clean samples stay fit to their labels while the poisons fall to s)."""
+def removal_target(config: UPGPConfig, clean_share: float, clean_rate: float = 1.0) -> float:
+    """The flagged set's accuracy on its labels at which removal stops: s, or with
+    ``stop_counts_clean`` s + (1 - s) c, where c is the estimated clean share of B (clean samples
+    stay fit to their labels while the poisons fall to s). s is stop_flagged_accuracy, or with
+    ``stop_at_clean_rate`` at most ``clean_rate`` (``HoldoutCheck.clean_rate``): the poisons are
+    unlearned once the flagged label is said on them no more often than on clean images."""
     s = config.stop_flagged_accuracy
+    if config.stop_at_clean_rate:
+        s = min(s, clean_rate)
     return s + (1 - s) * clean_share if config.stop_counts_clean else s
 
 
@@ -181,7 +193,7 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
     if on_check is not None:
         on_check(0, model)
-    target = removal_target(config, clean_share)
+    target = removal_target(config, clean_share, check.clean_rate())
     size = config.removal_lr if config.removal_step == "sgd" else config.removal_radius
     cos_sum, cos_count, n = 0.0, 0, None
 
