@@ -29,8 +29,13 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help=", ".join(CONFIGS))
     parser.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA)")
     args = parser.parse_args()
-    check_choice("preset", args.preset, PRESETS)
-    regimes = select(grid(args.preset), args.only, args.archs, args.attacks)
+    try:  # bad names end in one line, before any work
+        check_choice("preset", args.preset, PRESETS)
+        regimes = select(grid(args.preset), args.only, args.archs, args.attacks)
+        for name in args.configs:
+            check_choice("config", name, CONFIGS)
+    except ValueError as err:
+        parser.error(str(err))
 
     def report(row: dict) -> None:
         print(f"{row['regime']} / {row['attack']} / {row['arch']} / seed {row['seed']} / "

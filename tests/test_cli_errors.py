@@ -152,6 +152,8 @@ def test_run_refuses_an_unknown_parameter_in_a_subprocess():
     (["run", "00_quickstart", "--output", "/dev/null/run"], ["--output /dev/null/run cannot be written"]),
     (["run", "99_nothing"], ["unknown notebook '99_nothing'"]),
     (["reproduce", "--preset", "gpu"], ["unknown preset 'gpu'"]),
+    (["run", "12_regimes", "-p", "preset", "smoke", "-p", "regimes", "nope"],  # in the kernel
+     ["notebook 12_regimes stopped in cell", "ValueError: unknown regime 'nope'"]),
 ])
 def test_bad_notebook_runs(capsys, argv, fragments):
     assert_one_line_error(upgp_here(capsys, *argv), *fragments)

@@ -283,7 +283,14 @@ def run_one(name: str, parameters: dict[str, Any], output: Path | None = None) -
     tag = "-".join(f"{k}={v}" for k, v in sorted(parameters.items())) or "default"
     base = output or ROOT / "runs" / f"{nb.stem}-{tag}"
     preset = str(parameters.get("preset", BOOK_PRESET))
-    seconds = execute(nb, base / nb.name, parameters, base / "figures", base / "results")
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        seconds = execute(nb, base / nb.name, parameters, base / "figures", base / "results")
+    except PapermillExecutionError as err:  # e.g. a parameter value the notebook refuses
+        raise ValueError(f"notebook {nb.stem} stopped in cell [{err.exec_count}] with "
+                         f"{err.ename}: {err.evalue} (the executed copy, with its traceback: "
+                         f"{base / nb.name})") from None
     print(f"{nb.stem}: ok in {seconds:.0f} s -> {base / nb.name}; "
           f"results in {base / 'results'} (preset {preset})")
     atomic_write(base / "parameters.json", lambda tmp: tmp.write_text(json.dumps(parameters)))
