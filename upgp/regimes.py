@@ -129,16 +129,13 @@ def run_grid(preset: str, regimes: Sequence[Regime], configs: Sequence[str] = CO
     rows = pd.read_csv(out).to_dict("records") if out.exists() else []
     key = lambda row: tuple(str(row[k]) for k in KEY)  # noqa: E731
     done = {key(row) for row in rows}
-    wanted = [(r.name, r.attack_label, r.arch, str(r.seed), c) for r in regimes for c in configs]
-    for regime in regimes:
-        for config_name in configs:
-            if (regime.name, regime.attack_label, regime.arch, str(regime.seed),
-                    config_name) in done:
-                continue
-            rows.append(measure(regime, config_name, preset, data))
-            atomic_write(out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
-            if on_row is not None:
-                on_row(rows[-1])
+    wanted = {(r.name, r.attack_label, r.arch, str(r.seed), c): (r, c)
+              for r in regimes for c in configs}
+    for regime, config_name in (v for k, v in wanted.items() if k not in done):
+        rows.append(measure(regime, config_name, preset, data))
+        atomic_write(out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+        if on_row is not None:
+            on_row(rows[-1])
     order = {k: i for i, k in enumerate(wanted)}
     return pd.DataFrame(sorted((r for r in rows if key(r) in order), key=lambda r: order[key(r)]))
 
