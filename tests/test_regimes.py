@@ -16,8 +16,8 @@ def test_select_filters_and_names_what_is_unknown():
         ("clean", regimes.CLEAN_ATTACK, 1)]
     with pytest.raises(ValueError, match="unknown regime 'reserve 20'; choose one of: preset"):
         regimes.select(rows, ["reserve 20"])  # the small reserve is 500 images at cpu
-    with pytest.raises(ValueError, match="unknown attack 'bpp'"):
-        regimes.select(rows, attacks=["bpp"])
+    with pytest.raises(ValueError, match="unknown attack 'lc'"):
+        regimes.select(rows, attacks=["lc"])
     assert "reserve 20" in {r.name for r in regimes.grid("smoke")}  # 1/5 of the smoke reserve
 
 

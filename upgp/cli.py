@@ -71,7 +71,7 @@ def _fmt(m: dict[str, float]) -> str:
 
 
 def _finish(result: dict[str, Any], out: Path | None) -> None:
-    from .plotting import commit
+    from .style import commit
 
     result["commit"] = commit()
     if out is not None:

@@ -391,13 +391,17 @@ def upgp_with_predictions(scenario: Scenario, config: UPGPConfig | None = None) 
                                                                         use_cache=False)
 
 
+TRAJECTORY_COLUMNS = ("steps", "acc", "asr", "ra", "flagged_accuracy", "holdout_accuracy")
+
+
 def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
                        max_steps: int = 200, every: int = 10) -> list[dict[str, Any]]:
     """ACC/ASR/RA of the model along UPGP's removal loop, every ``every`` steps up to
     ``max_steps``, with the stopping rules switched off (the removal-budget ablation).
 
     Each row also holds what the defender sees at that step (flagged-set accuracy, held-out
-    reserve accuracy), so the default stopping rule can be placed on the curve. Cached as JSON.
+    reserve accuracy), so the default stopping rule can be placed on the curve; no rows where
+    detection finds nothing to remove. Cached as JSON.
     """
     config = (config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)).replace(
         removal_max_steps=max_steps, check_every=every, stop_flagged_accuracy=-1.0,
@@ -405,10 +409,9 @@ def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
     key = config_hash(model_cache_path(scenario).name, "trajectory", config)
     path = (cache_dir() / "defenses"
             / f"trajectory-{scenario.attack.name}-{scenario.arch}-{key}.json")
-    columns = ("steps", "acc", "asr", "ra", "flagged_accuracy", "holdout_accuracy")
     cached = load_json(path)
     if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
-        return [{k: row[k] for k in columns} for row in cached]
+        return [{k: row[k] for k in TRAJECTORY_COLUMNS} for row in cached]
     rows: list[dict[str, Any]] = []
     _, report = upgp_defend(scenario.model, (scenario.train.x, scenario.train.y),
                             (scenario.reserve_x, scenario.reserve_y), config,

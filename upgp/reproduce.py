@@ -182,14 +182,39 @@ def _kernel_environment(figures: Path, results: Path) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _checkout_relative(path: str) -> str:
+    """``path`` relative to the checkout (its file name if it lies outside)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def _drop_local_paths(output: Path) -> None:
+    """papermill records the absolute paths it read and wrote; an executed notebook keeps them
+    relative to the checkout, so that no committed file names the machine it ran on."""
+    import nbformat
+
+    nb = nbformat.read(output, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = _checkout_relative(meta[key])
+    nbformat.write(nb, output)
+
+
 def _papermill(notebook: Path, output: Path, parameters: dict[str, Any]) -> float:
     """Run one notebook with papermill in the current environment; returns its wall time."""
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    pm.execute_notebook(str(notebook), str(output), parameters=parameters,
-                        cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters,
+                            cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+    finally:
+        if output.exists():
+            _drop_local_paths(output)
     return time.perf_counter() - start
 
 
