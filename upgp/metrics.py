@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from .train import predict
 
+TOOK_HOLD = 80.0  # no-defense ASR (%) from which an attack counts as having taken hold
+
 
 def backdoor_metrics(model: nn.Module, x_test: Tensor, y_test: Tensor, x_triggered: Tensor,
                      y_triggered: Tensor, target: int | Tensor, bf16: bool = True,

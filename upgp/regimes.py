@@ -21,6 +21,7 @@ import pandas as pd
 from .experiments import backdoored_model, clean_reference, clean_scenario, run_upgp
 from .io import atomic_write
 from .method import UPGPConfig
+from .metrics import TOOK_HOLD
 from .presets import check_choice, get_preset
 from .reproduce import results_dir
 
@@ -32,7 +33,6 @@ ARCHS = ("preact_resnet18", "vgg19_bn")
 CONFIGS = ("old default", "new default")
 KEY = ["regime", "attack", "arch", "seed", "config"]
 CLEAN_ATTACK = "none (clean model)"
-TOOK_HOLD = 80.0  # no-defense ASR (%) from which an attack counts as having taken hold
 TRAIN_IMAGES = {"cifar10": 50_000, "synthetic": 2_000}  # before the reserve is split off
 SMALL_RESERVE = 0.2  # the small-reserve regime: this share of the reserve (500 of 2,500 at cpu)
 
