@@ -46,3 +46,26 @@ def test_every_glue_key_a_page_quotes_exists(name):
     missing = [f"{nb.relative_to(ROOT)}::{key}" for nb, key in _quoted(page)
                if not nb.exists() or key not in _glued(nb)]
     assert not missing, f"{page.relative_to(ROOT)} quotes glue keys no executed notebook holds: {missing}"
+
+
+def _figure_names(call: str, source: str) -> list[re.Pattern]:
+    """The names ``call`` (a regex with one group for the name) gives a figure, as regexes:
+    ``save_figure(fig, f"roc_{arch}"`` -> ``roc_.+``."""
+    return [re.compile(re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(name)) + "$")
+            for name in re.findall(call, source)]
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.stem)
+def test_every_numbered_figure_is_glued_under_its_file_name(notebook):
+    """The figures page finds a figure's files by its glue key: a chapter's ``{glue:figure}``
+    blocks have a label, and their key is a name the chapter both saves and glues."""
+    cells = json.loads(notebook.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    saved = _figure_names(r'save_figure\(fig, f?"([^"]+)"', code)
+    glued = _figure_names(r'glue\(f?"([^"]+)", fig\b', code)
+    for key, options in re.findall(r"\{glue:figure\}\s+(\S+)\n((?::[^\n]*\n)*)", prose):
+        assert re.search(r":name:\s*fig-\S+", options), f"{key} has no :name: fig-... label"
+        assert any(p.match(key) for p in saved), f"{key} is not a file name save_figure writes"
+        assert any(p.match(key) for p in glued), f"{key} is not glued under its file name"

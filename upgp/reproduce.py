@@ -3,8 +3,9 @@
 ``reproduce(preset)`` runs every notebook in ``notebooks/`` with ``preset`` injected (at the
 smoke preset, with the smaller grid of ``SMOKE_GRID``), several at a time with ``jobs``. The executed
 copies of the book's own preset (cpu) go to ``book/notebooks/`` and figures to ``book/figures/``;
-other presets write under ``runs/<preset>/`` so they never overwrite the published book. Tidy
-results go to ``results/<preset>/``. A failing notebook is reported; the others still run.
+other presets write under ``runs/<preset>/`` so they never overwrite the published book; at the
+book's preset the figures page (``upgp.gallery``) is written anew. Tidy results go to
+``results/<preset>/``. A failing notebook is reported; the others still run.
 """
 
 from __future__ import annotations
@@ -298,6 +299,10 @@ def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
         merged = pd.concat([old[~old.notebook.isin(table.notebook)], table]).sort_values("notebook")
     results.mkdir(parents=True, exist_ok=True)
     atomic_write(times, lambda tmp: merged.to_csv(tmp, index=False))
+    if preset == BOOK_PRESET:
+        from .gallery import write_page  # it reads the TOC and the executed chapters
+
+        write_page()
     return table
 
 
