@@ -69,3 +69,13 @@ def test_every_numbered_figure_is_glued_under_its_file_name(notebook):
         assert re.search(r":name:\s*fig-\S+", options), f"{key} has no :name: fig-... label"
         assert any(p.match(key) for p in saved), f"{key} is not a file name save_figure writes"
         assert any(p.match(key) for p in glued), f"{key} is not glued under its file name"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.stem)
+def test_code_is_collapsed_except_the_parameters(notebook):
+    """A chapter reads as a page: its code sits behind a toggle, only the parameters show."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            tags = cell.get("metadata", {}).get("tags", [])
+            assert "parameters" in tags or "hide-input" in tags, "".join(cell["source"])[:80]
