@@ -16,7 +16,7 @@ def smoke_scenario():
     import os
     import tempfile
 
-    from upgp.experiments import backdoored_model
+    from upgp.scenarios import backdoored_model
 
     old = os.environ.get("UPGP_CACHE")
     os.environ["UPGP_CACHE"] = tempfile.mkdtemp(prefix="upgp-smoke-")

@@ -162,7 +162,7 @@ def test_lc_keeps_labels_and_stays_within_eps(data):
 
 
 def test_iad_trains_with_the_classifier_and_triggers_differ_between_inputs(tmp_path):
-    from upgp.experiments import backdoored_model, build_scenario
+    from upgp.scenarios import backdoored_model, build_scenario
 
     sc = backdoored_model("iad", "preact_resnet18", "smoke", seed=0, progress=False)
     assert sc.info["cache_hit"] is False and sc.info["attack_cost"]["trigger"]["cache_hit"] is False
@@ -186,7 +186,7 @@ def test_iad_trains_with_the_classifier_and_triggers_differ_between_inputs(tmp_p
 
 
 def test_lc_surrogate_is_shared_across_poisoning_ratios():
-    from upgp.experiments import build_scenario
+    from upgp.scenarios import build_scenario
 
     first = build_scenario("lc", "preact_resnet18", "smoke", progress=False, epochs=1)
     other = build_scenario("lc", "preact_resnet18", "smoke", progress=False, epochs=1,

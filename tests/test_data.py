@@ -3,8 +3,8 @@ import torch
 from PIL import Image
 
 from upgp.data import DataUnavailableError, load_dataset, load_image_folder, split_reserve
-from upgp.experiments import build_scenario
 from upgp.presets import PAIR_EPOCHS, get_preset
+from upgp.scenarios import build_scenario
 
 
 def test_reserve_disjoint_and_seeded():

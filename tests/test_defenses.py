@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-import upgp.experiments as experiments
+import upgp.runs as runs
 import upgp.sweep as sweep_module
 from upgp.defenses import DEFENSES, defend, defense_config
 from upgp.defenses.upgp import UPGP_DEFENSES
@@ -55,7 +55,7 @@ def test_pruning_defenses_never_read_test_data(smoke_scenario, monkeypatch, name
     saved = {k: getattr(sc, k) for k in ("x_test", "y_test", "x_triggered", "y_triggered",
                                             "t_triggered")}
     seen = {}
-    real_defend = experiments.defend
+    real_defend = runs.defend
 
     def watched(*args, **kwargs):
         Trap.touched = False
@@ -64,11 +64,11 @@ def test_pruning_defenses_never_read_test_data(smoke_scenario, monkeypatch, name
         seen["model"] = out[0]
         return out
 
-    monkeypatch.setattr(experiments, "defend", watched)
+    monkeypatch.setattr(runs, "defend", watched)
     try:
         for k, v in saved.items():
             setattr(sc, k, v.as_subclass(Trap))
-        experiments.run_defense(sc, name, use_cache=False)
+        runs.run_defense(sc, name, use_cache=False)
     finally:
         for k, v in saved.items():
             setattr(sc, k, v)

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-import upgp.experiments as experiments
-from upgp.experiments import clean_reference, clean_reference_model, removal_trajectory, run_upgp
+import upgp.analyses as analyses
+import upgp.runs as runs
+from upgp.analyses import removal_trajectory
 from upgp.method import (
     UPGPConfig,
     calibrate_on_reserve,
@@ -17,6 +18,8 @@ from upgp.method import (
     unlearning_perturbation,
     upgp_defend,
 )
+from upgp.runs import run_upgp
+from upgp.scenarios import clean_reference, clean_reference_model
 
 
 def test_robust_z_and_detect_flag_the_low_tail():
@@ -77,7 +80,7 @@ def test_calibrated_reserve_quantile_detection_on_the_synthetic_backdoor(smoke_s
 def test_detection_variants_share_one_perturbation_with_upgp(smoke_scenario):
     sc = smoke_scenario
     variants = {"default": {}, "calibrated": {"calibrate": True, "rule": "reserve_quantile"}}
-    rows = experiments.detection_variants(sc, variants)
+    rows = analyses.detection_variants(sc, variants)
     assert [r["variant"] for r in rows] == ["default", "calibrated"]
     for row, changes in zip(rows, variants.values()):
         config = UPGPConfig(removal_max_steps=0, **changes)
@@ -87,7 +90,7 @@ def test_detection_variants_share_one_perturbation_with_upgp(smoke_scenario):
         assert row == {"variant": row["variant"], **report.detection.evaluate(sc.train.is_poisoned),
                        "target_median_ratio": rows[0]["target_median_ratio"]}
     with pytest.raises(ValueError, match="changes \\['removal_lr'\\]; a variant may change only"):
-        experiments.detection_variants(sc, {"bad": {"removal_lr": 0.1}})
+        analyses.detection_variants(sc, {"bad": {"removal_lr": 0.1}})
 
 
 def test_perturbation_stops_at_accuracy_and_leaves_model(smoke_scenario):
@@ -189,7 +192,7 @@ def test_upgp_with_predictions_reruns_a_run_cached_without_them(smoke_scenario, 
     config = UPGPConfig(removal_max_steps=5)
     first = run_upgp(smoke_scenario, config).result
     calls = []
-    real = experiments.run_upgp
+    real = runs.run_upgp
 
     def stale(sc, cfg, use_cache=True):  # a cache entry written before the counts existed
         calls.append(use_cache)
@@ -198,8 +201,8 @@ def test_upgp_with_predictions_reruns_a_run_cached_without_them(smoke_scenario, 
             run.result.pop("triggered_predictions")
         return run
 
-    monkeypatch.setattr(experiments, "run_upgp", stale)
-    run = experiments.upgp_with_predictions(smoke_scenario, config)
+    monkeypatch.setattr(runs, "run_upgp", stale)
+    run = runs.upgp_with_predictions(smoke_scenario, config)
     assert calls == [True, False] and run.result["triggered_predictions"]
     assert run.result["after"] == first["after"]
 

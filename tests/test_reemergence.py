@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-import upgp.experiments as experiments
+import upgp.analyses as analyses
+from upgp.analyses import reemergence
 from upgp.attacks import create_attack
-from upgp.experiments import clean_reference_model, reemergence
 from upgp.reemergence import RetuneConfig, retune, retune_config, retuning_set
+from upgp.scenarios import clean_reference_model
 
 
 def test_retuning_set_poisons_by_the_attack_rule():
@@ -55,7 +56,7 @@ def test_reemergence_is_cached_and_rejects_unknown_models(smoke_scenario, monkey
     assert (probe.epochs, probe.every) == (2, 1)  # the smoke preset's shorter probe
     first = reemergence(sc, "ft", probe)
     assert [r["epoch"] for r in first] == [0, 1, 2]
-    monkeypatch.setattr(experiments, "defend", lambda *a, **k: pytest.fail("not cached"))
+    monkeypatch.setattr(analyses, "defend", lambda *a, **k: pytest.fail("not cached"))
     assert reemergence(sc, "ft", probe) == first
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         reemergence(sc, "nope", probe)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from upgp.experiments import clean_reference_model
 from upgp.method import UPGPConfig, projected_unlearning, upgp_defend
 from upgp.method.detection import backdoor_evidence
 from upgp.method.projection import (
@@ -21,6 +20,7 @@ from upgp.method.projection import (
 )
 from upgp.method.unlearning import _grads
 from upgp.models import PreActBlock
+from upgp.scenarios import clean_reference_model
 
 DEFAULT = UPGPConfig()
 
@@ -125,7 +125,7 @@ def test_backdoor_evidence_on_scores():
 
 def test_no_threshold_reads_test_data(smoke_scenario):
     """UPGP's outcome is the same whatever the test sets hold: they are never an input."""
-    from upgp.experiments import run_upgp
+    from upgp.runs import run_upgp
 
     sc = smoke_scenario
     config = DEFAULT.replace(removal_max_steps=10)
@@ -160,8 +160,8 @@ def test_flagged_set_size_follows_the_poison_count():
     """Detection against the held-out reserve's clean scores: on the synthetic Blended backdoor
     at two poisoning rates, the flagged set is about as large as the poison count (a reserve of
     200 images, 100 held out)."""
-    from upgp.experiments import backdoored_model
     from upgp.method import detect_from_config, perturb_and_score, split_holdout
+    from upgp.scenarios import backdoored_model
 
     flagged = {}
     for ratio in (0.05, 0.1):

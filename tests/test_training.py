@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from upgp.experiments import backdoored_model, model_cache_path, run_upgp
 from upgp.method import UPGPConfig
 from upgp.models import MODELS, create_model
+from upgp.runs import run_upgp
+from upgp.scenarios import backdoored_model, model_cache_path
 from upgp.train import random_crop_flip
 
 

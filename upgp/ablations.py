@@ -1,6 +1,6 @@
 """UPGP's parts varied one at a time on one backdoored model (chapter 06): one function per
 ablation, each a table with a row per setting. Everything not varied stays at ``base``; every
-run is ``experiments.run_upgp`` (cached), so a table costs nothing once its runs exist.
+run is ``runs.run_upgp`` (cached), so a table costs nothing once its runs exist.
 """
 
 from __future__ import annotations
@@ -12,17 +12,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .experiments import (
-    TRAJECTORY_COLUMNS,
-    Scenario,
-    backdoored_model,
-    clean_reference_model,
-    removal_trajectory,
-    run_upgp,
-    upgp_with_predictions,
-)
+from .analyses import TRAJECTORY_COLUMNS, removal_trajectory
 from .method import UPGPConfig, detect
 from .metrics import redirection
+from .runs import run_upgp, upgp_with_predictions
+from .scenarios import Scenario, backdoored_model, clean_reference_model
 
 
 def outcome(result: dict[str, Any]) -> dict[str, Any]:

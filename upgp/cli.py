@@ -60,7 +60,7 @@ def _scenario_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Preset]:
 
 
 def _load(args: argparse.Namespace, attack_params: dict[str, Any], preset: Preset):
-    from .experiments import backdoored_model
+    from .scenarios import backdoored_model
 
     return backdoored_model(args.attack, args.arch, preset, args.seed, args.data,
                             attack_params, progress=not args.quiet)
@@ -130,7 +130,7 @@ def _parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
 def cmd_defend(args: argparse.Namespace) -> None:
     from .defenses import defense_config, get_defense
     from .defenses.upgp import UPGP_DEFENSES
-    from .experiments import run_defense
+    from .runs import run_defense
 
     get_defense(args.defense)  # fail early on an unknown name
     settings = _parse_settings(args.set, "--set")

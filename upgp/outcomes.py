@@ -17,9 +17,10 @@ import pandas as pd
 
 from .anchors import PAPER, backdoorbench
 from .defenses.upgp import TRIGGER_SHARE
-from .experiments import Scenario, run_upgp
 from .method import UPGPConfig
 from .metrics import TOOK_HOLD, target_class_accuracy
+from .runs import run_upgp
+from .scenarios import Scenario
 
 FOUR_STEPS = "UPGP"  # the paper's four steps, default config
 EXTENSION = "UPGP + trigger repair"  # this book's fullest extension, on the front page

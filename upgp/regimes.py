@@ -18,12 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-from .experiments import backdoored_model, clean_reference, clean_scenario, run_upgp
 from .io import atomic_write
 from .method import UPGPConfig
 from .metrics import TOOK_HOLD
 from .presets import check_choice, get_preset
 from .reproduce import results_dir
+from .runs import run_upgp
+from .scenarios import backdoored_model, clean_reference, clean_scenario
 
 # BPP last: at the cpu preset its backdoor does not take hold (no-defense ASR about 45%), a
 # model with little to remove (issue 27)

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from .attacks import create_attack
 from .defenses import defense_config
-from .experiments import Scenario, backdoored_model, run_defense
 from .io import atomic_write, config_hash
 from .models import MODELS
 from .presets import check_choice, get_preset
+from .runs import run_defense
+from .scenarios import Scenario, backdoored_model
 
 KEY = ["preset", "epochs", "defense", "attack", "arch", "seed", "config_id"]
 

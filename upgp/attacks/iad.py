@@ -104,7 +104,7 @@ class InputAware(Attack):
     def _triggered(self, x: Tensor, partner: Tensor | None = None, batch_size: int = 500) -> Tensor:
         if not self._ready:
             raise ValueError("the iad attack has no trained generator yet: build it through "
-                             "upgp.experiments.backdoored_model (it trains with the classifier)")
+                             "upgp.scenarios.backdoored_model (it trains with the classifier)")
         self._pattern.eval()
         self._mask.eval()
         device = next(self._pattern.parameters()).device

@@ -5,7 +5,7 @@ classify by an untargeted L-infinity PGD attack on a clean surrogate model (eps 
 BackdoorBench; ``steps`` steps of ``step``/255 from the clean image), so the network must lean
 on the trigger to fit them; then the trigger, a 3x3 checkerboard in each of the four corners,
 is stamped. At test time the trigger alone is applied. The surrogate (a clean model trained
-with the same preset and seed) is built and cached by ``upgp.experiments`` and handed over with
+with the same preset and seed) is built and cached by ``upgp.scenarios`` and handed over with
 ``set_surrogate``; the adversarial images are cached too.
 """
 
@@ -57,7 +57,7 @@ class LabelConsistent(Attack):
         """PGD (L-inf, eps/255) against the surrogate, maximising CE(f(x'), y); uint8 out."""
         if self._surrogate is None:
             raise ValueError("the lc attack needs a surrogate model: build it through "
-                             "upgp.experiments.build_scenario, or call set_surrogate")
+                             "upgp.scenarios.build_scenario, or call set_surrogate")
         digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
         path = cache_dir() / "attacks" / \
             f"lc-{config_hash(self._surrogate_key, self.params(), digest)}.pt"
