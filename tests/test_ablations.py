@@ -25,8 +25,3 @@ def test_flagged_sets_put_the_oracle_beside_the_detected_set(smoke_scenario):
     assert rows.loc["oracle (true poisons)", "precision"] == 1.0
     assert rows.loc["oracle (true poisons)", "size"] == int(smoke_scenario.train.is_poisoned.sum())
     assert rows.loc["random (same size)", "size"] == rows.loc["detected", "size"]
-
-
-def test_slug_makes_glue_names_from_labels():
-    assert ablations.slug("blended", "clean (no poison)", "-") == "blended_clean_no_poison"
-    assert ablations.slug("SIG", "UPGP + repair", "max_entropy") == "sig_upgp_repair_max_entropy"

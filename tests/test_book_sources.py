@@ -79,3 +79,37 @@ def test_code_is_collapsed_except_the_parameters(notebook):
         if cell["cell_type"] == "code":
             tags = cell.get("metadata", {}).get("tags", [])
             assert "parameters" in tags or "hide-input" in tags, "".join(cell["source"])[:80]
+
+
+LOCAL_PATH = re.compile(r"(?<![\w.])/(?:work|home|tmp|root|Users|mnt|var/folders)/\S")
+# executed before runs stopped naming local paths; each leaves this list when it is re-executed
+# (the test fails while a listed file no longer names one, so the list only shrinks)
+EXECUTED_BEFORE_THE_FIX = {
+    *(f"book/figures/{name}.svg" for name in (
+        "ablation_poison_rate-badnets-preact_resnet18", "ablation_removal_budget-badnets-preact_resnet18",
+        "ablation_reserve-badnets-preact_resnet18", "baselines_preact_resnet18", "baselines_vgg19_bn",
+        "calibration_detection_preact_resnet18", "calibration_detection_vgg19_bn",
+        "detection_roc_preact_resnet18", "detection_roc_vgg19_bn", "learning_dynamics",
+        "main_results", "projection_seeds_preact_resnet18", "projection_seeds_vgg19_bn",
+        "quickstart_before_after", "reemergence_vgg19_bn", "repair_selection_vgg19_bn",
+        "sensitivity_histograms", "strength_sweep")),
+    *(f"book/notebooks/{name}.ipynb" for name in (
+        "00_quickstart", "01_unlearning_perturbation", "02_learning_dynamics", "03_detection",
+        "04_main_results", "05_baselines", "06_ablations", "07_cost", "08_repair_selection",
+        "09_reemergence", "10_reserve_calibration", "11_projection_seeds")),
+}
+
+
+def test_no_committed_output_names_a_local_path():
+    """Results and the executed book name the data copy and its fingerprint, never the folder
+    a run read it from (nor any other absolute path of the machine it ran on)."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "book", "results"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.split()
+    named = {f for f in tracked if Path(f).suffix in (".md", ".ipynb", ".svg", ".csv", ".json",
+                                                      ".txt", ".yml")
+             and LOCAL_PATH.search((ROOT / f).read_text(errors="replace"))}
+    assert not named - EXECUTED_BEFORE_THE_FIX, f"local paths in {sorted(named - EXECUTED_BEFORE_THE_FIX)}"
+    fixed = EXECUTED_BEFORE_THE_FIX - named
+    assert not fixed, f"re-executed without local paths: take {sorted(fixed)} off the list"

@@ -28,11 +28,11 @@ def test_summary_averages_the_models_where_the_attack_took_hold_by_label():
     table = outcomes.summary(_rows())
     assert list(table.index) == ["UPGP", "UPGP + trigger repair"]
     four = table.loc["UPGP"]
-    assert four["models"] == 2 and four["ASR <= 5"] == 1
+    assert four["models"] == 2 and four["ASR at most 5"] == 1
     assert four["ASR reduction"] == pytest.approx(((95 - 1) + (99 - 9)) / 2)
     assert four["RA gain"] == pytest.approx(((79 - 5) + (45 - 5)) / 2)
     assert four["ACC change"] == pytest.approx(((79 - 80) + (78 - 80)) / 2)
-    assert four["RA / clean RA (%)"] == pytest.approx(100 * (79 / 80 + 45 / 80) / 2)
+    assert four["RA of clean RA (%)"] == pytest.approx(100 * (79 / 80 + 45 / 80) / 2)
 
 
 def test_headline_sets_the_book_beside_the_paper_and_backdoorbench():

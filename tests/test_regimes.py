@@ -70,3 +70,18 @@ def test_bars_count_rows_that_took_hold_apart_from_the_rest():
     assert summary["RA>=clean-5"] == pytest.approx(2 / 3)
     assert summary["steps>0"] == pytest.approx(2 / 3)
     assert summary["no harm"] == pytest.approx(1 / 2)
+
+
+def test_mean_changes_average_the_preset_models_where_the_attack_took_hold():
+    preset = regimes.Regime("preset", "badnets", "vgg19_bn")
+    other = regimes.Regime("reserve 500", "badnets", "vgg19_bn", reserve_size=500)
+    table = pd.DataFrame([
+        _row(preset, "new default", **{"RA before": 5.0, "ASR after": 1.0}),
+        _row(preset, "new default", attack="bpp", **{"ASR before": 45.0, "RA before": 5.0}),
+        _row(other, "new default", **{"RA before": 5.0, "ASR after": 50.0}),  # not "preset"
+    ])
+    means = regimes.mean_changes(table)
+    assert means.loc["new default", "models"] == 1
+    assert means.loc["new default", "ASR reduction"] == 94.0
+    assert means.loc["new default", "RA gain"] == 65.0
+    assert means.loc["new default", "ACC change"] == -1.0

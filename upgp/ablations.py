@@ -5,7 +5,6 @@ run is ``runs.run_upgp`` (cached), so a table costs nothing once its runs exist.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,9 +178,3 @@ def redirections(sc: Scenario, data: str | None, losses: Sequence[str], trigger_
                          "flagged acc": r["upgp"]["flagged_accuracy_after"],
                          **_most_hit(r["triggered_predictions"], sc)})
     return pd.DataFrame(rows).assign(attack=sc.attack.name)
-
-
-def slug(*parts: str) -> str:
-    """A glue name from table labels: ('blended', 'UPGP + repair') -> 'blended_upgp_repair'."""
-    return "_".join(filter(None, (re.sub(r"[^a-z0-9.]+", "_", p.lower()).strip("_")
-                                  for p in parts)))

@@ -165,6 +165,19 @@ def bars(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("config")
 
 
+def mean_changes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per config, over the models of the "preset" regime where the attack took hold: their
+    number and the mean ASR reduction, RA gain and ACC change (points), as the paper averages
+    them. Indexed by config."""
+    held = table[(table["regime"] == "preset") & (table["ASR before"] >= TOOK_HOLD)]
+    changes = held.assign(**{"ASR reduction": held["ASR before"] - held["ASR after"],
+                             "RA gain": held["RA after"] - held["RA before"],
+                             "ACC change": held["ACC after"] - held["ACC before"]})
+    return changes.groupby("config", sort=False).agg(
+        models=("ASR after", "size"), **{c: (c, "mean") for c in
+                                         ("ASR reduction", "RA gain", "ACC change")})
+
+
 def description(table: pd.DataFrame) -> dict[str, Any]:
     """What identifies a set of grid rows, for ``plotting.provenance``: the preset, and the
     seeds, widths and data copies (name and fingerprint) they span."""

@@ -1,0 +1,28 @@
+"""Glue by label (``upgp.pages``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from upgp import pages
+
+
+def test_slug_makes_glue_names_from_labels():
+    assert pages.slug("blended", "clean (no poison)", "-") == "blended_clean_no_poison"
+    assert pages.slug("SIG", "UPGP + repair", 0.05) == "sig_upgp_repair_0.05"
+
+
+def test_glue_table_names_every_cell_by_its_labels(monkeypatch):
+    import myst_nb
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.update({name: value}))
+    table = pd.DataFrame({"ASR": [1.234, float("nan")], "models": [3, 4]},
+                         index=pd.MultiIndex.from_tuples([("vgg19_bn", "new default"),
+                                                          ("vgg19_bn", "old default")]))
+    names = pages.glue_table("rg", table)
+    assert names == ["rg_vgg19_bn_new_default_asr", "rg_vgg19_bn_new_default_models",
+                     "rg_vgg19_bn_old_default_asr", "rg_vgg19_bn_old_default_models"]
+    assert glued == {"rg_vgg19_bn_new_default_asr": 1.23, "rg_vgg19_bn_new_default_models": 3,
+                     "rg_vgg19_bn_old_default_asr": "-", "rg_vgg19_bn_old_default_models": 4}
+    assert type(glued["rg_vgg19_bn_new_default_models"]) is int  # shown as 3, not 3.0
