@@ -20,6 +20,7 @@ from .defenses import DEFENSES
 from .io import check_writable, write_json
 from .models import MODELS
 from .presets import PRESETS, Preset, check_choice, get_preset
+from .sweep import SweepIncomplete
 
 
 def _scenario_args(p: argparse.ArgumentParser) -> None:
@@ -174,7 +175,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     check_writable(args.out, "--out")
     table = sweep(args.defenses, args.attacks, args.archs, args.seeds, args.preset, args.out,
-                  args.data, progress=not args.quiet)
+                  args.data, progress=not args.quiet, ray=args.ray, ray_cpus=args.ray_cpus,
+                  ray_gpus=args.ray_gpus)
     cols = ["defense", "attack", "arch", "seed", "acc", "asr", "ra", "der", "wall_seconds"]
     print(table[cols].round(2).to_string(index=False))
 
@@ -224,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sw.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA, else download)")
     p_sw.add_argument("--out", type=Path, default=Path("sweep.csv"), help="results table (CSV)")
     p_sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_sw.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                      help="one Ray task per backdoored model: alone, a local Ray for this run; "
+                           "with an address (auto, ray://host:10001) that cluster")
+    p_sw.add_argument("--ray-cpus", type=int, default=1, help="threads per Ray task (default 1)")
+    p_sw.add_argument("--ray-gpus", type=float, default=0.0,
+                      help="GPU share per Ray task, e.g. 0.25: four trainings on one GPU")
     p_sw.set_defaults(func=cmd_sweep)
     p_rep = sub.add_parser("reproduce", help="execute the book's notebooks with papermill")
     p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
@@ -244,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, DataUnavailableError) as err:
+    except (ValueError, DataUnavailableError, SweepIncomplete) as err:
         print(f"upgp: error: {err}", file=sys.stderr)
         return 2
     return 0

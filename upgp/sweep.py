@@ -22,7 +22,12 @@ from .io import atomic_write, config_hash
 from .models import MODELS
 from .presets import check_choice, get_preset
 from .runs import run_defense
-from .scenarios import Scenario, backdoored_model
+from .scenarios import backdoored_model
+
+
+class SweepIncomplete(RuntimeError):
+    """Some cells of a sweep raised; the others finished and are in the table."""
+
 
 KEY = ["preset", "epochs", "defense", "attack", "arch", "seed", "config_id"]
 
@@ -78,14 +83,29 @@ def read_table(path: Path) -> pd.DataFrame:
     return table
 
 
+def _model_rows(cell: tuple) -> list[dict[str, Any]]:
+    """One backdoored model's runs: ``cell`` = (attack, arch, seed, preset, data, [(defense,
+    config, key), ...]); one row per defense. A Ray task of ``sweep(..., ray=...)``."""
+    attack, arch, seed, preset, data, runs = cell
+    scenario = backdoored_model(attack, arch, preset, seed, data, progress=False)
+    return [result_row(run_defense(scenario, defense, config), key[-1])
+            for defense, config, key in runs]
+
+
 def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
           seeds: Iterable[int] = (0,), preset: str = "cpu", out: str | Path = "sweep.csv",
           data: str | Path | None = None, settings: dict[str, dict[str, Any]] | None = None,
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, ray: str | None = None, ray_cpus: int = 1,
+          ray_gpus: float = 0.0) -> pd.DataFrame:
     """Run every combination not yet in the table at ``out``; returns the rows of this call's
-    combinations (the file may also hold rows of other combinations or of older configs).
+    combinations (the file may also hold rows of other combinations or of older configs), in
+    the order of the combinations.
 
-    ``settings`` maps a defense name to config changes (as ``upgp defend --set``).
+    ``settings`` maps a defense name to config changes (as ``upgp defend --set``). ``ray``: run
+    each backdoored model's defenses as one Ray task (``parallel.run_cells``; "local" starts a
+    Ray for the call, else a cluster address such as "auto"), each with ``ray_cpus`` threads and
+    ``ray_gpus`` of a GPU; a model whose task raises is reported in one line after the others
+    have finished, and its rows are missing from the table (a rerun computes only them).
     """
     out = Path(out)
     table = read_table(out)
@@ -94,27 +114,42 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
         create_attack(attack)
     for arch in archs:
         check_choice("model", arch, sorted(MODELS))
-    jobs = []
+    cells: dict[tuple, list] = {}  # (attack, arch, seed, preset) -> runs still to do
+    order = []
     for attack, arch, seed, defense in product(attacks, archs, seeds, defenses):
         preset_ = get_preset(preset, attack, arch)
         config = defense_config(defense, preset_, seed, **(settings or {}).get(defense, {}))
         key = (preset, str(preset_.epochs), defense, attack, arch, str(seed),
                config_hash(config, length=8))
-        jobs.append((attack, arch, seed, defense, preset_, config, key))
-    wanted = {job[-1] for job in jobs}
-    bar = tqdm(jobs, disable=not progress, desc="sweep")
-    scenarios: dict[tuple, Scenario] = {}
-    for attack, arch, seed, defense, preset_, config, key in bar:
-        if key in done:
-            continue
-        bar.set_postfix_str(f"{defense} on {attack}/{arch}/seed {seed}")
-        if (attack, arch, seed) not in scenarios:
-            scenarios = {(attack, arch, seed): backdoored_model(attack, arch, preset_, seed, data,
-                                                                progress=progress)}
-        result = run_defense(scenarios[(attack, arch, seed)], defense, config)
-        row = pd.DataFrame([result_row(result, key[-1])])
-        table = row if table.empty else pd.concat([table, row], ignore_index=True)
+        order.append(key)
+        if key not in done:
+            cells.setdefault((attack, arch, seed, preset_), []).append((defense, config, key))
+    todo = [(*model, data, runs) for model, runs in cells.items()]
+
+    def record(cell: tuple, rows: list[dict[str, Any]]) -> None:
+        nonlocal table
+        new = pd.DataFrame(rows)
+        table = new if table.empty else pd.concat([table, new], ignore_index=True)
         atomic_write(out, lambda tmp, t=table: t.to_csv(tmp, index=False))
-        done.add(key)
+
+    if ray is None:
+        for cell in tqdm(todo, disable=not progress, desc="sweep"):
+            record(cell, _model_rows(cell))
+        errors = []
+    else:
+        from .parallel import run_cells
+
+        errors = run_cells(_model_rows, todo, address=None if ray == "local" else ray,
+                           cpus=ray_cpus, gpus=ray_gpus, on_done=record)
+    rank = {key: i for i, key in enumerate(order)}
     keys = [tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)]
-    return table[[k in wanted for k in keys]].reset_index(drop=True)
+    others = [i for i, k in enumerate(keys) if k not in rank]
+    ours = sorted((i for i, k in enumerate(keys) if k in rank), key=lambda i: rank[keys[i]])
+    if others + ours != list(range(len(table))):  # Ray's rows arrive as tasks end
+        table = table.iloc[others + ours].reset_index(drop=True)
+        atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+    if errors:
+        failed = "; ".join(f"{e.cell[0]}/{e.cell[1]}/seed {e.cell[2]}: {e.error}" for e in errors)
+        raise SweepIncomplete(f"{len(errors)} of {len(todo)} models failed ({failed}); the other "
+                           f"rows are in {out}, and a rerun computes only the missing ones")
+    return table.iloc[len(others):].reset_index(drop=True)
