@@ -44,6 +44,8 @@ def test_run_grid_resumes_without_repeating_rows(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         regimes.run_grid("cpu", chosen)
     assert len(pd.read_csv(tmp_path / "regimes.csv")) == 2  # what finished was kept
+    shown = regimes.run_grid("cpu", chosen, compute=False)  # what the file holds, nothing run
+    assert len(shown) == 2 and len(calls) == 3
     table = regimes.run_grid("cpu", chosen)
     assert calls[3:] == [("preset", "sig", "old default"), ("preset", "sig", "new default")]
     assert list(zip(table["attack"], table["config"])) == [

@@ -186,3 +186,19 @@ def test_removal_target_is_the_clean_rate_of_the_flagged_label():
     assert removal_target(DEFAULT, 0.0, 0.5) == pytest.approx(DEFAULT.stop_flagged_accuracy)
     assert removal_target(DEFAULT, 0.2, 0.03) == pytest.approx(0.03 + 0.97 * 0.2)
     assert removal_target(DEFAULT.fixed_constants(), 0.2, 0.03) == pytest.approx(0.1)
+
+
+def test_a_clean_models_runs_are_cached_apart_from_the_backdoored_models(smoke_scenario):
+    """The backdoor-free scenario keys its runs by its own model: running UPGP on it leaves the
+    backdoored model's cached run as it was (they once shared one key)."""
+    from upgp.runs import run_upgp
+    from upgp.scenarios import clean_scenario, model_cache_path
+
+    config = UPGPConfig(removal_max_steps=5)
+    backdoored = run_upgp(smoke_scenario, config).result
+    clean = clean_scenario(smoke_scenario, progress=False)
+    assert model_cache_path(clean) != model_cache_path(smoke_scenario)
+    assert model_cache_path(clean).exists()  # the reference model's own file
+    run_upgp(clean, config, use_cache=False)
+    again = run_upgp(smoke_scenario, config).result
+    assert again["before"] == backdoored["before"] and again["after"] == backdoored["after"]

@@ -102,9 +102,7 @@ def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> 
     clean_ra = clean_reference(sc, data, progress=False)["ra"]
     target = clean_scenario(sc, data, progress=False) if regime.clean else sc
     config = config_for(config_name, sc.preset.bf16, regime.seed)
-    # the clean scenario shares the backdoored model's cache name: its runs are not cached
-    result = run_upgp(target, config, reserve_size=regime.reserve_size,
-                      use_cache=not regime.clean).result
+    result = run_upgp(target, config, reserve_size=regime.reserve_size).result
     det, upgp, run = result["detection"], result["upgp"], result["run"]
     return {"regime": regime.name, "attack": regime.attack_label, "arch": regime.arch,
             "seed": regime.seed, "config": config_name, "preset": preset, "width": run["width"],
@@ -122,11 +120,12 @@ def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> 
 
 
 def run_grid(preset: str, regimes: Sequence[Regime], configs: Sequence[str] = CONFIGS,
-             data: str | None = None, on_row: Callable[[dict[str, Any]], None] | None = None
-             ) -> pd.DataFrame:
-    """Measure every (regime, config) not yet in ``results/<preset>/regimes.csv``, writing the
-    file after each row (an interrupted run loses nothing finished); returns the rows of
-    ``regimes`` x ``configs``, in grid order."""
+             data: str | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+             compute: bool = True) -> pd.DataFrame:
+    """Measure every (regime, config) not yet in ``results/<preset>/regimes.csv`` (with
+    ``compute`` False, none: only what the file holds), writing the file after each row (an
+    interrupted run loses nothing finished); returns the rows of ``regimes`` x ``configs`` that
+    the file holds, in grid order."""
     for name in configs:
         check_choice("config", name, CONFIGS)
     out = results_dir(preset) / "regimes.csv"
@@ -135,7 +134,7 @@ def run_grid(preset: str, regimes: Sequence[Regime], configs: Sequence[str] = CO
     done = {key(row) for row in rows}
     wanted = {(r.name, r.attack_label, r.arch, str(r.seed), c): (r, c)
               for r in regimes for c in configs}
-    for regime, config_name in (v for k, v in wanted.items() if k not in done):
+    for regime, config_name in (v for k, v in wanted.items() if compute and k not in done):
         rows.append(measure(regime, config_name, preset, data))
         atomic_write(out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
         if on_row is not None:

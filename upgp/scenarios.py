@@ -179,14 +179,21 @@ def clean_reference(scenario: Scenario, data: str | Path | None = None,
 def clean_reference_model(scenario: Scenario, data: str | Path | None = None,
                           progress: bool = True) -> nn.Module:
     """The backdoor-free model of ``clean_reference`` (cached)."""
+    return _clean_reference(scenario, data, progress)[0]
+
+
+def _clean_reference(scenario: Scenario, data: str | Path | None, progress: bool
+                     ) -> tuple[nn.Module, str]:
+    """The backdoor-free reference model and its file name in the model cache."""
     images, fingerprint = load_data_cached(scenario.preset, data, scenario.seed)
     if fingerprint != scenario.info["data_fingerprint"]:
         raise ValueError(f"data {images.source!r} is not the copy this scenario was built from "
                          f"(fingerprint {fingerprint}, expected {scenario.info['data_fingerprint']})")
     train_idx, _ = split_reserve(len(images.y_train), scenario.preset.reserve_ratio, scenario.seed)
-    model, _, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx], scenario.preset,
-                              scenario.seed, fingerprint, images.num_classes, scenario.arch, progress)
-    return model
+    model, name, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx],
+                                 scenario.preset, scenario.seed, fingerprint, images.num_classes,
+                                 scenario.arch, progress)
+    return model, name
 
 
 def clean_scenario(scenario: Scenario, data: str | Path | None = None,
@@ -199,8 +206,10 @@ def clean_scenario(scenario: Scenario, data: str | Path | None = None,
     none = torch.empty(0, dtype=torch.long)
     train = PoisonedSet(images.x_train[train_idx], images.y_train[train_idx], none, none,
                         scenario.preset.target)
-    clean = dataclasses.replace(scenario, train=train,
-                                model=clean_reference_model(scenario, data, progress))
+    model, name = _clean_reference(scenario, data, progress)
+    # its own model file names what is cached for it, apart from the backdoored model's runs
+    clean = dataclasses.replace(scenario, train=train, model=model,
+                                info={**scenario.info, "model_cache": name})
     clean.metrics = clean.evaluate()
     return clean
 
@@ -276,7 +285,11 @@ def _model_path(attack: Attack, arch: str, preset: Preset, seed: int, fingerprin
 
 
 def model_cache_path(scenario: Scenario) -> Path:
-    """Where the scenario's backdoored model is cached (a hash of all that determines it)."""
+    """Where the scenario's model is cached (a hash of all that determines it): the backdoored
+    model, or for a ``clean_scenario`` the backdoor-free one, so that runs cached under it
+    never mix."""
+    if "model_cache" in scenario.info:
+        return cache_dir() / "models" / scenario.info["model_cache"]
     return _model_path(scenario.attack, scenario.arch, scenario.preset, scenario.seed,
                        scenario.info["data_fingerprint"])
 
