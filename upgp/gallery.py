@@ -76,8 +76,8 @@ def page(entries: list[Figure]) -> str:
              "to, its files and the data behind it, and a line to cite it by. Each figure's "
              "footer names the run that drew it: preset, seed, model width, the data copy by "
              "name and fingerprint, and the commit.", "",
-             f"{len(entries)} figures so far: a chapter's figures appear here once it has been "
-             "executed with its figures labelled and saved under their glue names.", ""]
+             f"Figures so far: {len(entries)}. A chapter's figures appear here once it has "
+             "been executed with its figures labelled and saved under their glue names.", ""]
     for fig in entries:
         files = " · ".join(f"{{download}}`{ext.upper()} <figures/{fig.name}.{ext}>`"
                            for ext in ("png", "svg", "pdf"))
