@@ -8,7 +8,7 @@ hash) and computes only the rest. Backdoored models and defense results are also
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -83,13 +83,19 @@ def read_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _model_rows(cell: tuple) -> list[dict[str, Any]]:
+def _model_rows(cell: tuple, on_row: Callable[[dict[str, Any]], None] | None = None
+                ) -> list[dict[str, Any]]:
     """One backdoored model's runs: ``cell`` = (attack, arch, seed, preset, data, [(defense,
-    config, key), ...]); one row per defense. A Ray task of ``sweep(..., ray=...)``."""
+    config, key), ...]); one row per defense, each also handed to ``on_row`` as it is done. A
+    Ray task of ``sweep(..., ray=...)``."""
     attack, arch, seed, preset, data, runs = cell
     scenario = backdoored_model(attack, arch, preset, seed, data, progress=False)
-    return [result_row(run_defense(scenario, defense, config), key[-1])
-            for defense, config, key in runs]
+    rows = []
+    for defense, config, key in runs:
+        rows.append(result_row(run_defense(scenario, defense, config), key[-1]))
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
 
 
 def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
@@ -126,21 +132,22 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
             cells.setdefault((attack, arch, seed, preset_), []).append((defense, config, key))
     todo = [(*model, data, runs) for model, runs in cells.items()]
 
-    def record(cell: tuple, rows: list[dict[str, Any]]) -> None:
+    def record(rows: list[dict[str, Any]]) -> None:  # the file is whole after every write
         nonlocal table
         new = pd.DataFrame(rows)
         table = new if table.empty else pd.concat([table, new], ignore_index=True)
         atomic_write(out, lambda tmp, t=table: t.to_csv(tmp, index=False))
 
-    if ray is None:
+    if ray is None:  # a row is written as each run ends: an interruption loses nothing finished
         for cell in tqdm(todo, disable=not progress, desc="sweep"):
-            record(cell, _model_rows(cell))
+            _model_rows(cell, on_row=lambda row: record([row]))
         errors = []
     else:
         from .parallel import run_cells
 
         errors = run_cells(_model_rows, todo, address=None if ray == "local" else ray,
-                           cpus=ray_cpus, gpus=ray_gpus, on_done=record)
+                           cpus=ray_cpus, gpus=ray_gpus,
+                           on_done=lambda cell, rows: record(rows))
     rank = {key: i for i, key in enumerate(order)}
     keys = [tuple(str(v) for v in r) for r in table[KEY].itertuples(index=False)]
     others = [i for i, k in enumerate(keys) if k not in rank]
