@@ -49,8 +49,10 @@ def _figures():
             [{"model": "blended / vgg19_bn", "stage": s, "acc": 90.0, "asr": asr, "ra": 20.0}
              for s, asr in (("no defense", 75.0), ("UPGP", 1.0))]),
         "defense_grid": plotting.defense_grid(defenses),
-        "metric_curves": plotting.metric_curves(CURVES, "removal steps",
-                                                marks=[("default stop", 12)]),
+        "metric_curves": plotting.metric_curves(
+            [(label, pd.Series(xs, index=range(10, 10 + len(xs))),  # as a table's slice has
+              {m: pd.Series(v, index=range(10, 10 + len(v))) for m, v in ys.items()})
+             for label, xs, ys in CURVES], "removal steps", marks=[("default stop", 12)]),
         "line_panel": plotting.line_panel(pd.DataFrame({"reserve accuracy (%)": [90, 70, 50],
                                                         "AUROC": [0.9, 0.95, 0.97]}),
                                           "reserve accuracy (%)", "AUROC", "badnets / vgg19_bn"),

@@ -119,7 +119,7 @@ def metric_curves(curves: Sequence[tuple[str, Sequence[float], dict[str, Sequenc
                   metrics: Sequence[str] = ("acc", "asr", "ra")) -> Figure:
     """One panel per metric, one line per (label, x values, {metric: y values}); ``marks`` are
     labelled vertical lines (e.g. where a stopping rule ends the loop)."""
-    table = pd.DataFrame([{"label": label, "x": xv, "metric": m, "value": ys[m][i]}
+    table = pd.DataFrame([{"label": label, "x": xv, "metric": m, "value": list(ys[m])[i]}
                           for label, xs, ys in curves for i, xv in enumerate(xs) for m in metrics],
                          columns=["label", "x", "metric", "value"])
     fig, axes = new_figure(len(metrics), height=2.3, sharex=True)
