@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from upgp.outcomes import VARIANTS
+from upgp.plan import plan
 from upgp.reproduce import ROOT, notebook_parameters, notebooks, reproduce, results_dir, run_one
 
 pytestmark = pytest.mark.slow
@@ -37,8 +38,14 @@ def test_every_notebook_has_parameters_and_no_outputs():
 
 
 def test_notebooks_execute_at_smoke_preset(tmp_path, monkeypatch):
+    used = tmp_path / "models-used.txt"
+    monkeypatch.setenv("UPGP_RECORD_MODELS", str(used))  # the kernels log each model they load
     table = reproduce("smoke")
     assert list(table.status) == ["ok"] * len(notebooks()), table.to_string()
+    # upgp plan names exactly the models the chapters used
+    planned = plan(list(notebooks()), "smoke")
+    assert set(planned["cache file"]) == set(used.read_text().split())
+    monkeypatch.delenv("UPGP_RECORD_MODELS")
     # one command reruns a chapter for one attack; from an empty cache it reproduces that row
     monkeypatch.setenv("UPGP_CACHE", str(tmp_path / "fresh-cache"))
     params = notebook_parameters("04_main_results", "smoke",

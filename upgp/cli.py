@@ -181,9 +181,58 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(table[cols].round(2).to_string(index=False))
 
 
-def cmd_reproduce(args: argparse.Namespace) -> None:
-    from .reproduce import reproduce
+def _ray_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help=f"{what} as Ray tasks: alone, a local Ray for this run; with an address "
+                        "(auto, ray://host:10001) that cluster")
+    p.add_argument("--ray-cpus", type=int, default=1, help="threads per Ray task (default 1)")
+    p.add_argument("--ray-gpus", type=float, default=0.0,
+                   help="GPU share per Ray task, e.g. 0.25: four trainings on one GPU")
 
+
+def _ray_address(args: argparse.Namespace) -> str | None:
+    return None if args.ray == "local" else args.ray
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .plan import plan
+    from .reproduce import notebooks, parse_parameters, resolve, results_dir
+
+    if bool(args.notebooks) == args.all:
+        raise ValueError("name the notebooks to plan, or --all (not both)")
+    check_choice("preset", args.preset, PRESETS)
+    stems = list(notebooks()) if args.all else [p.stem for p in resolve(args.notebooks)]
+    parameters = parse_parameters(stems[0], args.p) if args.p else {}
+    if args.p and len(stems) > 1:
+        raise ValueError("-p applies to one notebook; name just one")
+    table = plan(stems, args.preset, parameters, args.data)
+    shown = table.assign(**{"estimated s": table["estimated s"].round(0)})
+    print(shown.drop(columns="cache file").to_string(index=False))
+    missing = table[~table.cached]
+    unknown = int(missing["estimated s"].isna().sum())
+    print(f"\npreset {args.preset}: {len(table)} models, {int(table.cached.sum())} cached; "
+          f"training the other {len(missing)} takes about "
+          f"{missing['estimated s'].sum() / 60:.0f} min on this machine's cache rates"
+          + (f" ({unknown} with no cached model of their kind to time them by)" if unknown else ""))
+    times = results_dir(args.preset) / "notebook_times.csv"
+    if times.exists():
+        last = pd.read_csv(times).set_index("notebook")["seconds"].reindex(stems)
+        print(f"the chapters' last runs took {last.sum() / 60:.0f} min in all "
+              f"({int(last.isna().sum())} never timed), models trained then included")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import notebooks, reproduce
+
+    if args.ray:
+        from .plan import train_missing
+
+        errors = train_missing(args.only or list(notebooks()), args.preset, None,
+                               address=_ray_address(args), cpus=args.ray_cpus, gpus=args.ray_gpus)
+        for error in errors:
+            print(f"    training failed: {error}", file=sys.stderr)
     table = reproduce(args.preset, args.only or None, jobs=args.jobs)
     print(table.to_string(index=False))
     if (table.status != "ok").any():
@@ -226,19 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_sw.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA, else download)")
     p_sw.add_argument("--out", type=Path, default=Path("sweep.csv"), help="results table (CSV)")
     p_sw.add_argument("--quiet", action="store_true", help="no progress bars")
-    p_sw.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                      help="one Ray task per backdoored model: alone, a local Ray for this run; "
-                           "with an address (auto, ray://host:10001) that cluster")
-    p_sw.add_argument("--ray-cpus", type=int, default=1, help="threads per Ray task (default 1)")
-    p_sw.add_argument("--ray-gpus", type=float, default=0.0,
-                      help="GPU share per Ray task, e.g. 0.25: four trainings on one GPU")
+    _ray_args(p_sw, "the runs, one backdoored model a task,")
     p_sw.set_defaults(func=cmd_sweep)
     p_rep = sub.add_parser("reproduce", help="execute the book's notebooks with papermill")
     p_rep.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
     p_rep.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")
     p_rep.add_argument("--jobs", type=int, default=1,
                        help="notebooks run at a time (default 1)")
+    _ray_args(p_rep, "first train the models the chapters lack")
     p_rep.set_defaults(func=cmd_reproduce)
+    p_plan = sub.add_parser("plan", help="the models a chapter needs, which are cached, and the "
+                                         "training time left")
+    p_plan.add_argument("notebooks", nargs="*", help="notebook names or numbers")
+    p_plan.add_argument("--all", action="store_true", help="every chapter")
+    p_plan.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)}")
+    p_plan.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="parameter of the one notebook named, e.g. -p attacks wanet")
+    p_plan.add_argument("--data", help="ImageFolder copy of CIFAR-10 (else $UPGP_DATA)")
+    p_plan.set_defaults(func=cmd_plan)
     p_run = sub.add_parser("run", help="rerun one notebook with other parameters into runs/")
     p_run.add_argument("notebook", help="notebook name, number or path")
     p_run.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

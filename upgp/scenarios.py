@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tenso
     the saved weights), so what follows gives the same numbers on a cache hit and a miss: the
     trained module itself is channels-last, which picks other CPU kernels than a loaded one.
     """
+    record = os.environ.get("UPGP_RECORD_MODELS")  # upgp.plan's check: which models ran
+    if record:
+        with open(record, "a") as log:
+            log.write(path.name + "\n")
     torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
     model = create_model(arch, num_classes, preset.width)
     cached = load_tensors(path)
@@ -148,6 +153,14 @@ def cached_training(path: Path, arch: str, num_classes: int, x: Tensor, y: Tenso
     return model.to(default_device()).eval(), {**cached["info"], "cache_hit": hit}
 
 
+def clean_model_path(arch: str, preset: Preset, seed: int, fingerprint: str) -> Path:
+    """Where ``clean_model`` caches a model of ``arch`` trained without poison at ``preset``
+    (its poisoning fields left out, so that every poisoning ratio shares one clean model)."""
+    training = {k: v for k, v in dataclasses.asdict(preset).items() if k not in SURROGATE_UNUSED}
+    key = config_hash("clean-surrogate", arch, training, seed, fingerprint)
+    return cache_dir() / "models" / f"clean-{arch}-{key}.pt"
+
+
 def clean_model(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: str,
                 num_classes: int, arch: str = SURROGATE_ARCH, progress: bool = True
                 ) -> tuple[nn.Module, str, dict]:
@@ -156,10 +169,7 @@ def clean_model(x: Tensor, y: Tensor, preset: Preset, seed: int, fingerprint: st
 
     Cached like the backdoored models; returns (model, cache name, training info).
     """
-    training = {k: v for k, v in dataclasses.asdict(preset).items()
-                if k not in SURROGATE_UNUSED}  # so every poisoning ratio shares one clean model
-    key = config_hash("clean-surrogate", arch, training, seed, fingerprint)
-    path = cache_dir() / "models" / f"clean-{arch}-{key}.pt"
+    path = clean_model_path(arch, preset, seed, fingerprint)
     model, info = cached_training(path, arch, num_classes, x, y, preset, seed, progress)
     return model, path.name, info
 
@@ -220,7 +230,7 @@ def learned_trigger(attack: Attack, arch: str, preset: Preset, seed: int, finger
     """For attacks whose trigger is trained with the classifier (IAD): load both from the model
     cache, or train them together on the clean (x, y) and cache them. Returns the trigger's
     training info (its cost is reported apart from the classifier's)."""
-    path = _model_path(attack, arch, preset, seed, fingerprint)
+    path = backdoored_model_path(attack, arch, preset, seed, fingerprint)
     cached = load_tensors(path)
     if cached is not None and "trigger" in cached:
         attack.load_trigger_state(cached["trigger"])
@@ -279,7 +289,10 @@ def build_scenario(attack: str | Attack = "badnets", arch: str = "preact_resnet1
     return scenario
 
 
-def _model_path(attack: Attack, arch: str, preset: Preset, seed: int, fingerprint: str) -> Path:
+def backdoored_model_path(attack: Attack, arch: str, preset: Preset, seed: int,
+                          fingerprint: str) -> Path:
+    """Where a model of ``arch`` backdoored by ``attack`` at ``preset`` and ``seed`` on the data
+    copy ``fingerprint`` is cached (a hash of all of it)."""
     key = config_hash(arch, preset, seed, attack.name, attack.params(), fingerprint)
     return cache_dir() / "models" / f"{attack.name}-{arch}-{key}.pt"
 
@@ -290,7 +303,7 @@ def model_cache_path(scenario: Scenario) -> Path:
     never mix."""
     if "model_cache" in scenario.info:
         return cache_dir() / "models" / scenario.info["model_cache"]
-    return _model_path(scenario.attack, scenario.arch, scenario.preset, scenario.seed,
+    return backdoored_model_path(scenario.attack, scenario.arch, scenario.preset, scenario.seed,
                        scenario.info["data_fingerprint"])
 
 
