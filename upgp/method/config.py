@@ -71,12 +71,16 @@ class UPGPConfig(Settings):
     removal_radius: float = 0.01  # "relative": first step's size, relative to the weights
     removal_growth: float = 1.5  # "relative": step size x this after each accepted check
     normal_ema: float = 0.9  # n: moving average of reserve-batch gradients (0: one batch)
-    holdout_z: float = 1.0  # held-out drop allowed beyond max_holdout_drop, in standard errors
+    # the held-out rules' margin, in standard errors: each must hold with this many to spare
+    # (negative: a check passes when drop + 1 s.e. <= max_holdout_drop), since removal steps on
+    # until a check fails and ends where the estimate meets its bound; positive: this much noise
+    # allowed beyond the bound instead
+    holdout_z: float = -1.0
     max_target_rise: float = 0.01  # reject a check raising the share of held-out images sent to
-    #                                the flagged set's label by more than this (+ holdout_z s.e.)
+    #                                the flagged set's label by more than this + holdout_z s.e.
     stop_counts_clean: bool = True  # removal's target allows for the clean share of B
     # the poisons' target: at most the rate at which held-out images of other labels are
-    # predicted as B's label (+ holdout_z s.e.), instead of stop_flagged_accuracy alone
+    # predicted as B's label + holdout_z s.e., instead of stop_flagged_accuracy alone
     stop_at_clean_rate: bool = True
     subspace_k: int = 4
     gpm_energy: float = 0.97

@@ -109,8 +109,11 @@ class HoldoutCheck:
     Rejected: a drop of held-out accuracy over ``max_holdout_drop`` + z s.e., or a rise over
     ``max_target_rise`` + z s.e. in the share of held-out images of other labels predicted as
     ``label`` (the flagged set's most common label: removal pushing clean images towards the
-    suspected target raises ASR). The standard errors are the paired ones, sqrt(flips) / count,
-    so a small held-out set allows for its own noise (``holdout_z``, 0: none).
+    suspected target raises ASR). The standard errors are the paired ones, sqrt(flips) / count.
+    z = ``holdout_z``: by default -1, so each rule must hold with one standard error to spare;
+    removal steps on until a check fails, so it ends where the estimate meets its bound, and a
+    bound without that margin is exceeded about half the time (a small held-out set, whose
+    standard error is larger, then stops earlier). 0: the bounds as they are.
     """
 
     def __init__(self, reference: nn.Module, x: Tensor, y: Tensor, label: int,
@@ -122,8 +125,8 @@ class HoldoutCheck:
 
     def clean_rate(self) -> float:
         """The share of held-out images of other labels that the reference model predicts as
-        ``label``, plus ``holdout_z`` binomial standard errors: how often a model says that
-        label on images without the trigger."""
+        ``label``, plus ``holdout_z`` binomial standard errors (by default minus one): how
+        often a model says that label on images without the trigger."""
         m = max(1, int(self.others.sum()))
         rate = float(self.sent.sum()) / m
         return rate + self.config.holdout_z * (rate * (1 - rate) / m) ** 0.5
