@@ -55,3 +55,40 @@ def test_scale_run_script_writes_what_cli_runs_reads(tmp_path):
     assert {"UPGP --set ASR", "no-proj --set ASR", "UPGP --set steps"} <= set(rows.columns)
     assert rows.loc[0, "--set"] == "repair_steps=5"
     assert "skip badnets" in (out / "log.txt").read_text()
+
+
+def test_paper_reproduce_script_sweeps_every_model_through_ray(tmp_path):
+    """scripts/paper_reproduce.sh at the smoke preset, on the CPU (GPU share 0): the 12 models
+    (six attacks x two architectures), each defended by UPGP, in one resumable table."""
+    import subprocess
+    from pathlib import Path
+
+    import pandas as pd
+
+    from upgp.reproduce import ROOT
+
+    pytest.importorskip("ray")
+    out = tmp_path / "paper"
+    subprocess.run(["bash", str(Path(ROOT) / "scripts" / "paper_reproduce.sh"), "smoke",
+                    str(out)], check=True, cwd=ROOT, capture_output=True)
+    table = pd.read_csv(out / "sweep.csv")
+    assert len(table) == 12 and set(table.defense) == {"upgp"}
+    assert table.groupby("arch").attack.nunique().to_dict() == {"preact_resnet18": 6,
+                                                                 "vgg19_bn": 6}
+    assert "paper_reproduce: preset smoke" in (out / "log.txt").read_text()
+
+
+def test_gpu_packing_benchmark_prints_a_row_per_pack():
+    """benchmarks/gpu_packing.py at the smoke preset on the CPU: the table it prints."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from upgp.reproduce import ROOT
+
+    out = subprocess.run([sys.executable, str(Path(ROOT) / "benchmarks" / "gpu_packing.py"),
+                          "--preset", "smoke", "--packs", "1", "2", "--steps", "4"],
+                         check=True, capture_output=True, text=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "trainings" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2"]
+    assert rows[0].rstrip().endswith("1.00x |")

@@ -77,3 +77,13 @@ def test_ray_sweep_gives_the_serial_table_and_resumes(local_ray, tmp_path, monke
     assert len(pd.read_csv(tmp_path / "ray.csv")) == 4  # no row twice
     trained = sorted(p.name.split("-")[0] for p in (tmp_path / "resume-cache" / "models").iterdir())
     assert trained == ["badnets"]  # the blended model was not trained again
+
+
+@pytest.mark.slow
+def test_reproduce_ray_trains_what_the_plan_lists_as_missing(local_ray):
+    from upgp.plan import plan, train_missing
+
+    chapter = {"attack": "sig", "arch": "vgg19_bn", "seed": 4}  # not trained by another test
+    assert not plan(["00"], "smoke", chapter).cached.any()
+    assert train_missing(["00"], "smoke", parameters=chapter) == []
+    assert plan(["00"], "smoke", chapter).cached.all()

@@ -199,15 +199,18 @@ def train_model(cell: tuple[ModelNeed, str, str | None]) -> str:
 
 
 def train_missing(notebooks: Iterable[str], preset: str, data: str | None = None, *,
-                  address: str | None = None, cpus: int = 1, gpus: float = 0.0) -> list[str]:
+                  parameters: dict[str, Any] | None = None, address: str | None = None,
+                  cpus: int = 1, gpus: float = 0.0) -> list[str]:
     """Train the models the notebooks need and the cache lacks as Ray tasks
     (``parallel.run_cells``): the backdoor-free ones first (LC crafts its poisons against one),
-    then the backdoored ones. Returns the errors of cells that raised ('file: error')."""
+    then the backdoored ones (``parameters``: the notebooks', as ``needs`` takes them). Returns
+    the errors of cells that raised ('file: error')."""
     from .parallel import run_cells
 
     stems = [resolve([nb])[0].stem for nb in notebooks]
-    wanted = {cache_name(n, preset, data): n for s in stems for n in needs(s, {"preset": preset})}
-    missing = plan(stems, preset, data=data).query("not cached")["cache file"]
+    settings = {**(parameters or {}), "preset": preset}
+    wanted = {cache_name(n, preset, data): n for s in stems for n in needs(s, settings)}
+    missing = plan(stems, preset, parameters, data).query("not cached")["cache file"]
     errors: list[str] = []
     for clean in (True, False):
         cells = [(wanted[name], preset, data) for name in missing
