@@ -36,8 +36,10 @@ def test_the_smoke_grid_is_what_reproduce_runs():
     assert {n.attack for n in got} == {"blended", REFERENCE} and {n.arch for n in got} == {"vgg19_bn"}
 
 
-def test_plan_marks_cached_models_and_times_the_rest_by_the_cache():
+def test_plan_marks_cached_models_and_times_the_rest_by_the_cache(tmp_path, monkeypatch):
     from upgp.scenarios import backdoored_model
+
+    monkeypatch.setenv("UPGP_CACHE", str(tmp_path))  # empty: no model to time others by
 
     chapter = {"attack": "blended", "arch": "preact_resnet18"}
     empty = plan(["00"], "smoke", {**chapter, "seed": 5})
