@@ -190,10 +190,6 @@ def _ray_args(p: argparse.ArgumentParser, what: str) -> None:
                    help="GPU share per Ray task, e.g. 0.25: four trainings on one GPU")
 
 
-def _ray_address(args: argparse.Namespace) -> str | None:
-    return None if args.ray == "local" else args.ray
-
-
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -230,7 +226,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         from .plan import train_missing
 
         errors = train_missing(args.only or list(notebooks()), args.preset, None,
-                               address=_ray_address(args), cpus=args.ray_cpus, gpus=args.ray_gpus)
+                               address=args.ray, cpus=args.ray_cpus, gpus=args.ray_gpus)
         for error in errors:
             print(f"    training failed: {error}", file=sys.stderr)
     table = reproduce(args.preset, args.only or None, jobs=args.jobs)

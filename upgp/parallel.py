@@ -3,8 +3,9 @@
 ``run_cells(fn, cells)`` runs ``fn(cell)`` for every cell as a Ray task with declared resources
 (``cpus`` threads, a ``gpus`` fraction so that several tasks share one GPU), hands each result to
 ``on_done`` in the driver as it arrives, and returns the cells that raised with their error,
-after every other cell has finished. With ``address`` None a local Ray is started for the call
-and stopped after; otherwise the call joins that cluster ("auto", "ray://host:10001", ...).
+after every other cell has finished. With ``address`` None (or "local", what ``--ray`` alone
+gives) a local Ray is started for the call and stopped after; otherwise the call joins that
+cluster ("auto", "ray://host:10001", ...).
 Workers see the driver's ``UPGP_CACHE`` and ``UPGP_DATA``, so the model and defense caches live
 in a folder every worker reaches; cache writes are atomic, so two workers that finish the same
 key leave one valid entry.
@@ -46,8 +47,8 @@ def run_cells(fn: Callable[[Any], Any], cells: Iterable[Any], *, address: str | 
            **({"UPGP_DATA": os.environ["UPGP_DATA"]} if os.environ.get("UPGP_DATA") else {})}
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
     task = ray.remote(_in_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                                           runtime_env={"env_vars": env})
     pending = {task.remote(fn, cell, cpus): cell for cell in cells}

@@ -145,7 +145,7 @@ def sweep(defenses: Iterable[str], attacks: Iterable[str], archs: Iterable[str],
     else:
         from .parallel import run_cells
 
-        errors = run_cells(_model_rows, todo, address=None if ray == "local" else ray,
+        errors = run_cells(_model_rows, todo, address=ray,
                            cpus=ray_cpus, gpus=ray_gpus,
                            on_done=lambda cell, rows: record(rows))
     rank = {key: i for i, key in enumerate(order)}
