@@ -188,6 +188,27 @@ def test_removal_target_is_the_clean_rate_of_the_flagged_label():
     assert removal_target(DEFAULT.fixed_constants(), 0.2, 0.03) == pytest.approx(0.1)
 
 
+def test_the_held_out_margin_grows_with_the_checks_made(monkeypatch):
+    """A candidate 0.8 points under the reference on 250 held-out images, with 4 flipped
+    predictions (paired s.e. 0.8 points), passes the 2-point rule at the first check (margin 1
+    s.e.) and fails at the seventh (about 2 s.e.); without ``holdout_looks`` it passes there."""
+    from upgp.method import unlearning
+
+    monkeypatch.setattr(unlearning, "predict", lambda model, x, bf16: model)  # "model": its predictions
+    y = torch.arange(250) % 10
+    reference = torch.where(torch.arange(250) < 50, (y + 1) % 10, y)  # 80% correct
+    candidate = reference.clone()
+    candidate[[100, 101, 102]] = (y[[100, 101, 102]] + 1) % 10  # three correct ones wrong
+    candidate[1] = y[1]  # one wrong one right: drop 2 / 250, 4 flips
+    for config, seventh in ((DEFAULT, "held-out reserve accuracy dropped"),
+                            (DEFAULT.replace(holdout_looks=False), "")):
+        check = unlearning.HoldoutCheck(reference, y, y, 0, config)
+        assert check(candidate)[1] == "" and check.margin() == pytest.approx(-1.0)
+        for _ in range(5):
+            check(reference)
+        assert check(candidate)[1] == seventh
+
+
 def test_a_clean_models_runs_are_cached_apart_from_the_backdoored_models(smoke_scenario):
     """The backdoor-free scenario keys its runs by its own model: running UPGP on it leaves the
     backdoored model's cached run as it was (they once shared one key)."""

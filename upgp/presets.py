@@ -96,8 +96,8 @@ class Preset(Settings):
     def scale_label(self) -> str:
         """How results at this preset must be described next to the paper's."""
         return {
-            "smoke": "smoke test on synthetic data (not a result)",
-            "cpu": "CPU-scale (not the paper's scale)",
+            "smoke": "smoke test on synthetic data, not a result",
+            "cpu": "CPU-scale, not the paper's scale",
             "paper": "paper-scale settings",
         }.get(self.name, f"custom preset {self.name}")
 

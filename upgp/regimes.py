@@ -20,12 +20,13 @@ import pandas as pd
 
 from .io import atomic_write
 from .method import UPGPConfig
-from .metrics import TOOK_HOLD
+from .metrics import TOOK_HOLD, redirection
 from .outcomes import summary
 from .presets import check_choice, get_preset
 from .reproduce import results_dir
-from .runs import run_upgp
-from .scenarios import backdoored_model, clean_reference, clean_scenario
+from .runs import upgp_with_predictions
+from .scenarios import backdoored_model, clean_reference_model, clean_scenario
+from .scorecard import with_bars
 
 # BPP last: at the cpu preset its backdoor does not take hold (no-defense ASR about 45%), a
 # model with little to remove (issue 27)
@@ -100,18 +101,25 @@ def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> 
     """One row of the grid: UPGP under ``config_name`` on the regime's model."""
     sc = backdoored_model(regime.attack, regime.arch, preset, regime.seed, data, progress=False,
                           **regime.overrides)
-    clean_ra = clean_reference(sc, data, progress=False)["ra"]
+    clean, clean_counts = sc.evaluate_with_counts(clean_reference_model(sc, data, progress=False))
     target = clean_scenario(sc, data, progress=False) if regime.clean else sc
     config = config_for(config_name, sc.preset.bf16, regime.seed)
-    result = run_upgp(target, config, reserve_size=regime.reserve_size).result
+    result = upgp_with_predictions(target, config, reserve_size=regime.reserve_size).result
     det, upgp, run = result["detection"], result["upgp"], result["run"]
+    redirected = lambda counts: redirection(counts, sc.preset.target)[1]  # noqa: E731
     return {"regime": regime.name, "attack": regime.attack_label, "arch": regime.arch,
             "seed": regime.seed, "config": config_name, "preset": preset, "width": run["width"],
             "epochs": run["epochs"], "poison ratio": run["poison_ratio"],
             "reserve": result["reserve_size"],
             **{f"{k.upper()} before": v for k, v in result["before"].items()},
             **{f"{k.upper()} after": v for k, v in result["after"].items()},
-            "clean-model RA": clean_ra, "AUROC": det.get("auroc", float("nan")),
+            "clean-model RA": clean["ra"],
+            # the share of triggered test images in the one class besides the backdoor label
+            # that gets most of them: large after removal where the trigger now sends images
+            # there (low ASR, low RA), against the spread of a backdoor-free model
+            "redirected %": redirected(result["triggered_predictions"]),
+            "clean-model redirected %": redirected(clean_counts),
+            "AUROC": det.get("auroc", float("nan")),
             "flagged": det["flagged"], "true poisons": det["true_poisoned"],
             "flagged share": det["flagged"] / run["train_size"],
             "backdoor found": upgp.get("detection_backdoor_found", True),
@@ -150,18 +158,20 @@ def bars(table: pd.DataFrame) -> pd.DataFrame:
     RA - 5, with removal steps > 0; and issue 27's on the other rows (clean models, backdoors
     that did not take hold): flagged share <= 2%, ACC drop <= 0.5, ASR rise <= 1. Indexed by
     config."""
-    t = table.assign(took=table["ASR before"] >= TOOK_HOLD,
-                     drop=table["ACC before"] - table["ACC after"])
+    t = with_bars(table.rename(columns={  # the bars of the chapters' scorecards, on grid columns
+        "ACC before": "ACC", "ACC after": "after ACC", "ASR after": "after ASR",
+        "RA after": "after RA", "clean-model RA": "clean RA"}))
+    t = t.assign(took=table["ASR before"] >= TOOK_HOLD)
     rows = []
     for config, g in t.groupby("config", sort=False):
         hold, rest = g[g.took], g[~g.took]
         rows.append({"config": config, "rows held": len(hold),
-                     "ASR<=5 & drop<=2": ((hold["ASR after"] <= 5) & (hold["drop"] <= 2)).mean(),
-                     "RA>=clean-5": (hold["RA after"] >= hold["clean-model RA"] - 5).mean(),
+                     "ASR<=5 & drop<=2": (hold["ASR <= 5"] & hold["ACC drop <= 2"]).mean(),
+                     "RA>=clean-5": hold["RA >= clean RA - 5"].mean(),
                      "steps>0": (hold["removal steps"] > 0).mean(),
                      "rows not held": len(rest),
-                     "no harm": ((rest["flagged share"] <= 0.02) & (rest["drop"] <= 0.5)
-                                 & (rest["ASR after"] - rest["ASR before"] <= 1)).mean()})
+                     "no harm": ((rest["flagged share"] <= 0.02) & (rest["ACC drop"] <= 0.5)
+                                 & (rest["after ASR"] - rest["ASR before"] <= 1)).mean()})
     return pd.DataFrame(rows).set_index("config")
 
 

@@ -94,12 +94,13 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
     return run
 
 
-def upgp_with_predictions(scenario: Scenario, config: UPGPConfig | None = None) -> DefenseRun:
+def upgp_with_predictions(scenario: Scenario, config: UPGPConfig | None = None,
+                          reserve_size: int = 0) -> DefenseRun:
     """``run_upgp``, rerun (and recached) when its cached result predates the count of the
     defended model's predictions on the triggered test images (``triggered_predictions``)."""
-    run = run_upgp(scenario, config)
-    return run if "triggered_predictions" in run.result else run_upgp(scenario, config,
-                                                                        use_cache=False)
+    run = run_upgp(scenario, config, reserve_size=reserve_size)
+    return run if "triggered_predictions" in run.result else run_upgp(
+        scenario, config, use_cache=False, reserve_size=reserve_size)
 
 
 def run_defense(scenario: Scenario, defense: str = "upgp", config: Any = None,

@@ -22,7 +22,7 @@ REPAIR_SELECTIONS = ("holdout", "stamped")
 TRIGGER_FORMS = ("shift", "affine")
 # the fields whose defaults issue 23 changed (with rule and removal_backtracks, hashed always)
 FIXED_CONSTANTS = ("evidence_z", "removal_step", "removal_growth", "normal_ema", "holdout_z",
-                   "max_target_rise", "stop_counts_clean", "stop_at_clean_rate")
+                   "holdout_looks", "max_target_rise", "stop_counts_clean", "stop_at_clean_rate")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class UPGPConfig(Settings):
     # until a check fails and ends where the estimate meets its bound; positive: this much noise
     # allowed beyond the bound instead
     holdout_z: float = -1.0
+    # with a negative holdout_z, the margin grows with the checks made on the same held-out
+    # images (Bonferroni): the k-th must hold at one-sided level Phi(holdout_z) / k, since the
+    # model removal keeps is the one whose checks passed (HoldoutCheck)
+    holdout_looks: bool = True
     max_target_rise: float = 0.01  # reject a check raising the share of held-out images sent to
     #                                the flagged set's label by more than this + holdout_z s.e.
     stop_counts_clean: bool = True  # removal's target allows for the clean share of B
@@ -105,8 +109,8 @@ class UPGPConfig(Settings):
         "repair_max_flagged_rise": 0.05, "removal_rounds": 1, "repair_trigger_share": 0.0,
         "repair_select": "holdout", "repair_trigger": "shift", "calibrate": False,
         "reserve_fpr": 0.01, "evidence_z": 0.0, "removal_step": "sgd", "removal_radius": 0.01,
-        "removal_growth": 1.0, "normal_ema": 0.0, "holdout_z": 0.0, "max_target_rise": 1.0,
-        "stop_counts_clean": False, "stop_at_clean_rate": False}
+        "removal_growth": 1.0, "normal_ema": 0.0, "holdout_z": 0.0, "holdout_looks": False,
+        "max_target_rise": 1.0, "stop_counts_clean": False, "stop_at_clean_rate": False}
 
     def __post_init__(self) -> None:
         for what, value, allowed in (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import torch
 import torch.nn.functional as F
@@ -112,8 +113,11 @@ class HoldoutCheck:
     suspected target raises ASR). The standard errors are the paired ones, sqrt(flips) / count.
     z = ``holdout_z``: by default -1, so each rule must hold with one standard error to spare;
     removal steps on until a check fails, so it ends where the estimate meets its bound, and a
-    bound without that margin is exceeded about half the time (a small held-out set, whose
-    standard error is larger, then stops earlier). 0: the bounds as they are.
+    bound without that margin is exceeded about half the time. With ``holdout_looks`` the k-th
+    check of this loop on the same images must hold at one-sided level Phi(z) / k (Bonferroni; z_k =
+    Phi^-1(Phi(z) / k), -1.0 at the first check, -2.0 at the seventh): the returned model is the
+    one whose checks passed, and on a small held-out set a path that passes by the luck of that
+    set is otherwise kept. 0: the bounds as they are.
     """
 
     def __init__(self, reference: nn.Module, x: Tensor, y: Tensor, label: int,
@@ -122,6 +126,11 @@ class HoldoutCheck:
         first = predict(reference, x, bf16=config.bf16)
         self.correct, self.others = first == y, y != label
         self.label, self.sent = label, (first == label) & self.others
+        self.looks = 0  # checks made so far (``accuracy`` alone is not one)
+
+    def accuracy(self, model: nn.Module) -> float:
+        """Held-out accuracy of ``model``, without counting a check."""
+        return (predict(model, self.x, bf16=self.config.bf16) == self.y).float().mean().item()
 
     def clean_rate(self) -> float:
         """The share of held-out images of other labels that the reference model predicts as
@@ -131,11 +140,21 @@ class HoldoutCheck:
         rate = float(self.sent.sum()) / m
         return rate + self.config.holdout_z * (rate * (1 - rate) / m) ** 0.5
 
+    def margin(self) -> float:
+        """z for the current check: ``holdout_z``, or with ``holdout_looks`` (and z < 0)
+        Phi^-1(Phi(z) / k) at the k-th check."""
+        z = self.config.holdout_z
+        if not self.config.holdout_looks or z >= 0:
+            return z
+        normal = NormalDist()
+        return normal.inv_cdf(normal.cdf(z) / max(1, self.looks))
+
     def __call__(self, model: nn.Module) -> tuple[float, str]:
         """(held-out accuracy of ``model``, why the check is rejected or "")."""
+        self.looks += 1
         pred = predict(model, self.x, bf16=self.config.bf16)
         correct, sent = pred == self.y, (pred == self.label) & self.others
-        z, n, m = self.config.holdout_z, len(self.y), max(1, int(self.others.sum()))
+        z, n, m = self.margin(), len(self.y), max(1, int(self.others.sum()))
         holdout = correct.float().mean().item()
         drop = self.correct.float().mean().item() - holdout
         if drop > self.config.max_holdout_drop + z * float((correct != self.correct).sum()) ** 0.5 / n:
@@ -192,7 +211,7 @@ def projected_unlearning(model: nn.Module, flagged: Data, fit: Data, holdout: Da
     bases = gpm_bases(model, x_fit, config.gpm_energy, seed=seed) if projection == "gpm" else None
     gen = torch.Generator().manual_seed(seed)
     log = RemovalLog()
-    log.holdout_accuracy.append(check(model)[0])
+    log.holdout_accuracy.append(check.accuracy(model))
     log.flagged_accuracy.append(accuracy(model, x_flagged, y_flagged, bf16=bf16))
     if on_check is not None:
         on_check(0, model)
