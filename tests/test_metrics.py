@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from upgp.metrics import der, redirection, target_class_accuracy
+from upgp.metrics import der, redirection, struck_out_ra, target_class_accuracy
 
 
 class AlwaysClass(nn.Module):
@@ -25,6 +25,15 @@ def test_target_class_accuracy_splits_the_target_class_off():
         "acc_target_class": 100.0, "acc_other_classes": 0.0}
     assert target_class_accuracy(AlwaysClass(1), x, y, 0, bf16=False) == pytest.approx({
         "acc_target_class": 0.0, "acc_other_classes": 50.0})
+
+
+def test_struck_out_ra_takes_the_best_label_besides_each_images_backdoor_label():
+    model = AlwaysClass(0)  # logits (1, 0, 0): label 0, then 1 (ties go to the lower label)
+    x = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
+    y, backdoor = torch.tensor([1, 1, 2, 0]), torch.tensor([0, 0, 0, 1])
+    # struck out: 1, 1, 1, 0 -> right on images 0, 1 and 3
+    assert struck_out_ra(model, x, y, backdoor, bf16=False) == pytest.approx(75.0)
+    assert struck_out_ra(AlwaysClass(2), x, y, torch.tensor([2, 2, 2, 2]), bf16=False) == 25.0
 
 
 def test_der_counts_only_asr_gain_and_acc_loss():

@@ -26,3 +26,4 @@ def test_glue_table_names_every_cell_by_its_labels(monkeypatch):
     assert glued == {"rg_vgg19_bn_new_default_asr": 1.23, "rg_vgg19_bn_new_default_models": 3,
                      "rg_vgg19_bn_old_default_asr": "-", "rg_vgg19_bn_old_default_models": 4}
     assert type(glued["rg_vgg19_bn_new_default_models"]) is int  # shown as 3, not 3.0
+    assert pages.shown(69.04, 0) == 69 and type(pages.shown(69.04, 0)) is int

@@ -220,6 +220,9 @@ def test_a_clean_models_runs_are_cached_apart_from_the_backdoored_models(smoke_s
     clean = clean_scenario(smoke_scenario, progress=False)
     assert model_cache_path(clean) != model_cache_path(smoke_scenario)
     assert model_cache_path(clean).exists()  # the reference model's own file
+    own = torch.load(model_cache_path(clean), weights_only=False)["info"]  # and its training
+    assert clean.info["final_train_loss"] == own["final_train_loss"]
+    assert clean.info["train_seconds"] == own["train_seconds"]
     run_upgp(clean, config, use_cache=False)
     again = run_upgp(smoke_scenario, config).result
     assert again["before"] == backdoored["before"] and again["after"] == backdoored["after"]

@@ -39,6 +39,16 @@ def backdoor_rates(clean_pred: Tensor, y_test: Tensor, triggered_pred: Tensor,
     }
 
 
+def struck_out_ra(model: nn.Module, x_triggered: Tensor, y_triggered: Tensor, target: Tensor,
+                  bf16: bool = True, batch_size: int = 1024) -> float:
+    """RA (%) with the backdoor label struck out: the share of triggered images whose best label
+    other than their backdoor label ``target`` is their own class. Low where the trigger, not the
+    image, decides the runner-up too (full-image triggers): a removal that only turns predictions
+    away from the target then finds no better label for them."""
+    pred = predict(model, x_triggered, batch_size, bf16, exclude=target)
+    return 100 * (pred == y_triggered).float().mean().item()
+
+
 def target_class_accuracy(model: nn.Module, x_test: Tensor, y_test: Tensor, target: int,
                           bf16: bool = True, batch_size: int = 1024) -> dict[str, float]:
     """Clean-test accuracy (in %) on the target class's images and on those of all other classes.

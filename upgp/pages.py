@@ -19,13 +19,16 @@ def slug(*parts: Any) -> str:
 
 
 def shown(value: Any, digits: int = 2) -> Any:
-    """A value as a page shows it: ints and strings as they are, floats rounded, NaN as '-'."""
+    """A value as a page shows it: ints and strings as they are, floats rounded (to an int at 0
+    digits), NaN as '-'."""
     if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):
         return int(value)
     value = float(value)
-    return "-" if math.isnan(value) else round(value, digits)
+    if math.isnan(value):
+        return "-"
+    return round(value) if digits == 0 else round(value, digits)
 
 
 def glue_table(prefix: str, table: pd.DataFrame, digits: int = 2) -> list[str]:

@@ -154,6 +154,19 @@ def training_images(settings: Preset) -> int:
     return settings.epochs * (train // settings.batch_size) * settings.batch_size
 
 
+def _needed(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | None,
+            data: str | None) -> dict[str, tuple[ModelNeed, list[str]]]:
+    """cache file -> (the model, the chapters that need it), each model once, in chapter order."""
+    out: dict[str, tuple[ModelNeed, list[str]]] = {}
+    for nb in notebooks:
+        stem = resolve([nb])[0].stem
+        for need in needs(stem, {**(parameters or {}), "preset": preset}):
+            chapters = out.setdefault(cache_name(need, preset, data), (need, []))[1]
+            if stem[:2] not in chapters:
+                chapters.append(stem[:2])
+    return out
+
+
 def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | None = None,
          data: str | None = None) -> pd.DataFrame:
     """One row per model the notebooks need (each once, with the chapters that use it): its
@@ -162,25 +175,18 @@ def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | Non
     from .io import cache_dir
 
     rate = _throughput(cache_dir() / "models")
-    rows: dict[str, dict[str, Any]] = {}
-    for nb in notebooks:
-        stem = resolve([nb])[0].stem
-        for need in needs(stem, {**(parameters or {}), "preset": preset}):
-            name = cache_name(need, preset, data)
-            if name in rows:
-                if stem[:2] not in rows[name]["chapters"]:
-                    rows[name]["chapters"] += f", {stem[:2]}"
-                continue
-            settings = need.preset(preset)
-            cached = (cache_dir() / "models" / name).exists()
-            size = _size(create_model(need.arch, 10, settings.width).state_dict())
-            per_second = rate.get((need.arch, size), float("nan"))
-            rows[name] = {"chapters": stem[:2], "attack": need.attack, "arch": need.arch,
-                          "seed": need.seed, "epochs": settings.epochs, "width": settings.width,
-                          "poison ratio": settings.poison_ratio, "cached": cached,
-                          "estimated s": 0.0 if cached else training_images(settings) / per_second,
-                          "cache file": name}
-    return pd.DataFrame(list(rows.values()))
+    rows = []
+    for name, (need, chapters) in _needed(notebooks, preset, parameters, data).items():
+        settings = need.preset(preset)
+        cached = (cache_dir() / "models" / name).exists()
+        size = _size(create_model(need.arch, 10, settings.width).state_dict())
+        per_second = rate.get((need.arch, size), float("nan"))
+        rows.append({"chapters": ", ".join(chapters), "attack": need.attack, "arch": need.arch,
+                     "seed": need.seed, "epochs": settings.epochs, "width": settings.width,
+                     "poison ratio": settings.poison_ratio, "cached": cached,
+                     "estimated s": 0.0 if cached else training_images(settings) / per_second,
+                     "cache file": name})
+    return pd.DataFrame(rows)
 
 
 def train_model(cell: tuple[ModelNeed, str, str | None]) -> str:
@@ -205,16 +211,14 @@ def train_missing(notebooks: Iterable[str], preset: str, data: str | None = None
     (``parallel.run_cells``): the backdoor-free ones first (LC crafts its poisons against one),
     then the backdoored ones (``parameters``: the notebooks', as ``needs`` takes them). Returns
     the errors of cells that raised ('file: error')."""
+    from .io import cache_dir
     from .parallel import run_cells
 
-    stems = [resolve([nb])[0].stem for nb in notebooks]
-    settings = {**(parameters or {}), "preset": preset}
-    wanted = {cache_name(n, preset, data): n for s in stems for n in needs(s, settings)}
-    missing = plan(stems, preset, parameters, data).query("not cached")["cache file"]
+    missing = [need for name, (need, _) in _needed(notebooks, preset, parameters, data).items()
+               if not (cache_dir() / "models" / name).exists()]
     errors: list[str] = []
     for clean in (True, False):
-        cells = [(wanted[name], preset, data) for name in missing
-                 if (wanted[name].attack == REFERENCE) == clean]
+        cells = [(need, preset, data) for need in missing if (need.attack == REFERENCE) == clean]
         done = lambda cell, name: print(f"    trained {name}", flush=True)  # noqa: E731
         errors += [f"{cache_name(e.cell[0], preset, data)}: {e.error}"
                    for e in run_cells(train_model, cells, address=address, cpus=cpus, gpus=gpus,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .io import atomic_write
 from .method import UPGPConfig
-from .metrics import TOOK_HOLD, redirection
+from .metrics import TOOK_HOLD, redirection, struck_out_ra
 from .outcomes import summary
 from .presets import check_choice, get_preset
 from .reproduce import results_dir
@@ -109,11 +109,14 @@ def measure(regime: Regime, config_name: str, preset: str, data: str | None) -> 
     redirected = lambda counts: redirection(counts, sc.preset.target)[1]  # noqa: E731
     return {"regime": regime.name, "attack": regime.attack_label, "arch": regime.arch,
             "seed": regime.seed, "config": config_name, "preset": preset, "width": run["width"],
-            "epochs": run["epochs"], "poison ratio": run["poison_ratio"],
+            "epochs": run["epochs"], "train loss": target.info.get("final_train_loss"),
+            "poison ratio": run["poison_ratio"],
             "reserve": result["reserve_size"],
             **{f"{k.upper()} before": v for k, v in result["before"].items()},
             **{f"{k.upper()} after": v for k, v in result["after"].items()},
             "clean-model RA": clean["ra"],
+            "struck-out RA": struck_out_ra(target.model, target.x_triggered, target.y_triggered,
+                                           target.t_triggered, sc.preset.bf16, sc.preset.eval_batch),
             # the share of triggered test images in the one class besides the backdoor label
             # that gets most of them: large after removal where the trigger now sends images
             # there (low ASR, low RA), against the spread of a backdoor-free model

@@ -193,17 +193,16 @@ def clean_reference_model(scenario: Scenario, data: str | Path | None = None,
 
 
 def _clean_reference(scenario: Scenario, data: str | Path | None, progress: bool
-                     ) -> tuple[nn.Module, str]:
-    """The backdoor-free reference model and its file name in the model cache."""
+                     ) -> tuple[nn.Module, str, dict]:
+    """The backdoor-free reference model, its file name in the model cache and its training
+    info."""
     images, fingerprint = load_data_cached(scenario.preset, data, scenario.seed)
     if fingerprint != scenario.info["data_fingerprint"]:
         raise ValueError(f"data {images.source!r} is not the copy this scenario was built from "
                          f"(fingerprint {fingerprint}, expected {scenario.info['data_fingerprint']})")
     train_idx, _ = split_reserve(len(images.y_train), scenario.preset.reserve_ratio, scenario.seed)
-    model, name, _ = clean_model(images.x_train[train_idx], images.y_train[train_idx],
-                                 scenario.preset, scenario.seed, fingerprint, images.num_classes,
-                                 scenario.arch, progress)
-    return model, name
+    return clean_model(images.x_train[train_idx], images.y_train[train_idx], scenario.preset,
+                       scenario.seed, fingerprint, images.num_classes, scenario.arch, progress)
 
 
 def clean_scenario(scenario: Scenario, data: str | Path | None = None,
@@ -216,10 +215,11 @@ def clean_scenario(scenario: Scenario, data: str | Path | None = None,
     none = torch.empty(0, dtype=torch.long)
     train = PoisonedSet(images.x_train[train_idx], images.y_train[train_idx], none, none,
                         scenario.preset.target)
-    model, name = _clean_reference(scenario, data, progress)
-    # its own model file names what is cached for it, apart from the backdoored model's runs
+    model, name, training = _clean_reference(scenario, data, progress)
+    # its own model file names what is cached for it, apart from the backdoored model's runs;
+    # its own training info (time, final loss) replaces the backdoored model's
     clean = dataclasses.replace(scenario, train=train, model=model,
-                                info={**scenario.info, "model_cache": name})
+                                info={**scenario.info, **training, "model_cache": name})
     clean.metrics = clean.evaluate()
     return clean
 

@@ -160,15 +160,19 @@ def train(model: nn.Module, x: Tensor, y: Tensor, preset: Preset, seed: int,
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1024, bf16: bool = True,
-            device: torch.device | None = None) -> Tensor:
-    """Predicted labels for uint8 images ``x`` (eval mode), returned on the CPU."""
+            device: torch.device | None = None, exclude: Tensor | None = None) -> Tensor:
+    """Predicted labels for uint8 images ``x`` (eval mode), returned on the CPU; with
+    ``exclude`` (one label per image), the best label other than that one."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     for idx in batches(len(x), batch_size):
         with autocast(device, bf16):
-            out.append(model(to_float(x[idx], device)).argmax(1).cpu())
+            logits = model(to_float(x[idx], device)).float()
+        if exclude is not None:
+            logits = logits.scatter(1, exclude[idx, None].to(device), float("-inf"))
+        out.append(logits.argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
