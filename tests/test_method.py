@@ -194,9 +194,9 @@ def test_upgp_with_predictions_reruns_a_run_cached_without_them(smoke_scenario, 
     calls = []
     real = runs.run_upgp
 
-    def stale(sc, cfg, use_cache=True):  # a cache entry written before the counts existed
+    def stale(sc, cfg, use_cache=True, reserve_size=0):  # cached before the counts existed
         calls.append(use_cache)
-        run = real(sc, cfg, use_cache=use_cache)
+        run = real(sc, cfg, use_cache=use_cache, reserve_size=reserve_size)
         if use_cache:
             run.result.pop("triggered_predictions")
         return run
