@@ -47,6 +47,8 @@ def test_plan_marks_cached_models_and_times_the_rest_by_the_cache(tmp_path, monk
     trained = backdoored_model("blended", "preact_resnet18", "smoke", seed=5, progress=False)
     table = plan(["00"], "smoke", {**chapter, "seed": 5})
     assert list(table.cached) == [True] and table["estimated s"].iloc[0] == 0
+    assert table["train s"].iloc[0] == pytest.approx(  # what it would take from an empty cache
+        training_images(get_preset("smoke")) / trained.info["images_per_second"])
     other = plan(["00"], "smoke", {**chapter, "seed": 6})  # timed by the model just trained
     assert list(other.cached) == [False]
     assert other["estimated s"].iloc[0] == pytest.approx(

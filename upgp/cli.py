@@ -204,14 +204,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.p and len(stems) > 1:
         raise ValueError("-p applies to one notebook; name just one")
     table = plan(stems, args.preset, parameters, args.data)
-    shown = table.assign(**{"estimated s": table["estimated s"].round(0)})
+    shown = table.assign(**{c: table[c].round(0) for c in ("train s", "estimated s")})
     print(shown.drop(columns="cache file").to_string(index=False))
     missing = table[~table.cached]
     unknown = int(missing["estimated s"].isna().sum())
     print(f"\npreset {args.preset}: {len(table)} models, {int(table.cached.sum())} cached; "
           f"training the other {len(missing)} takes about "
           f"{missing['estimated s'].sum() / 60:.0f} min on this machine's cache rates"
-          + (f" ({unknown} with no cached model of their kind to time them by)" if unknown else ""))
+          + (f" ({unknown} with no cached model of their kind to time them by)" if unknown else "")
+          + f"; from an empty cache, about {table['train s'].sum() / 60:.0f} min")
     times = results_dir(args.preset) / "notebook_times.csv"
     if times.exists():
         last = pd.read_csv(times).set_index("notebook")["seconds"].reindex(stems)

@@ -170,8 +170,9 @@ def _needed(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | 
 def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | None = None,
          data: str | None = None) -> pd.DataFrame:
     """One row per model the notebooks need (each once, with the chapters that use it): its
-    cache file, whether it is cached, and for a missing one the estimated training seconds
-    (NaN where the cache holds no model of its architecture and width)."""
+    cache file, whether it is cached, its training seconds as estimated from this cache's
+    rates (*train s*: NaN where the cache holds no model of its architecture and width) and the
+    seconds left to train it (*estimated s*: 0 when cached)."""
     from .io import cache_dir
 
     rate = _throughput(cache_dir() / "models")
@@ -180,11 +181,11 @@ def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | Non
         settings = need.preset(preset)
         cached = (cache_dir() / "models" / name).exists()
         size = _size(create_model(need.arch, 10, settings.width).state_dict())
-        per_second = rate.get((need.arch, size), float("nan"))
+        seconds = training_images(settings) / rate.get((need.arch, size), float("nan"))
         rows.append({"chapters": ", ".join(chapters), "attack": need.attack, "arch": need.arch,
                      "seed": need.seed, "epochs": settings.epochs, "width": settings.width,
                      "poison ratio": settings.poison_ratio, "cached": cached,
-                     "estimated s": 0.0 if cached else training_images(settings) / per_second,
+                     "train s": seconds, "estimated s": 0.0 if cached else seconds,
                      "cache file": name})
     return pd.DataFrame(rows)
 
