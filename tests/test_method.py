@@ -1,6 +1,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -409,3 +410,44 @@ def test_removal_losses_and_their_bad_name():
     with pytest.raises(ValueError, match="unknown removal loss 'kl'; choose one of: ascent, "
                                          "bounded, max_entropy"):
         removal_loss(uniform, y, "kl")
+
+
+def test_sensitivity_row_and_strength_sweep_summarise_steps_1_and_2(smoke_scenario):
+    from upgp.analyses import sensitivity_analysis, sensitivity_row, strength_sweep
+
+    sa = sensitivity_analysis(smoke_scenario)
+    row = sensitivity_row(smoke_scenario, sa)
+    scores, poisoned = sa["scores"].numpy(), sa["is_poisoned"].numpy()
+    assert row["median_score_poisoned"] == pytest.approx(float(np.median(scores[poisoned])))
+    assert row["median_score_poisoned"] < row["median_score_clean"]  # the sensitivity gap
+    assert (row["attack"], row["perturbation_steps"]) == ("blended", sa["steps"])
+    sweep = strength_sweep(smoke_scenario, [0.7, 0.3])
+    assert list(sweep.stop_level) == [0.7, 0.3]
+    assert sweep.steps.iloc[0] <= sweep.steps.iloc[1]  # a lower stop level takes more steps
+
+
+def test_gradient_alignment_is_a_cosine_per_kind_of_sample(smoke_scenario):
+    from upgp.analyses import gradient_alignment, learning_dynamics
+
+    dyn = learning_dynamics(smoke_scenario, n_samples=8)
+    table = gradient_alignment(dyn)
+    assert list(table.index) == ["clean", "poisoned"]
+    assert table["mean cos(g_N, g_i)"].between(-1, 1).all()
+    assert table.loc["poisoned", "mean <g_N, g_i>"] == pytest.approx(
+        float(dyn["inner_product"][dyn["poisoned"]].mean()))
+
+
+def test_calibration_moves_counts_which_way_the_ratio_sent_each_model():
+    import pandas as pd
+
+    from upgp.analyses import calibration_moves
+
+    def rows(attack, ratio, raw, calibrated):
+        return [{"arch": "a", "attack": attack, "seed": 0, "variant": v, "auroc": auroc,
+                 "target_median_ratio": ratio} for v, auroc in (("raw", raw), ("cal", calibrated))]
+
+    detection = pd.DataFrame([*rows("x", 0.5, 0.99, 0.90), *rows("y", 0.8, 0.95, 0.97),
+                              *rows("z", 2.0, 0.90, 0.99)])
+    moves, counts = calibration_moves(detection, "raw", "cal")
+    assert moves.loc[("a", "x", 0), "change"] == pytest.approx(-0.09)
+    assert counts == {"below": 2, "below_lost": 1, "above": 1, "above_gained": 1}

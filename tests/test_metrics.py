@@ -79,3 +79,32 @@ def test_scorecard_bars_and_summary():
     summary = bar_summary(table, ["arch"])
     assert summary.loc["a", "pairs"] == 2 and summary.loc["a", "acc_drop"] == 1.75
     assert [summary.loc["a", short] for short in BARS.values()] == [1, 1, 1, 1]
+
+
+def test_projection_arms_and_paired_counts_compare_two_arms_model_by_model():
+    import pandas as pd
+
+    from upgp.method import UPGPConfig
+    from upgp.scorecard import paired_counts, projection_arms, with_bars
+
+    def result_of(config):  # the unprojected arm ends with less ACC and more ASR
+        projected = config.projection != "none"
+        return {"before": {"acc": 80.0, "asr": 95.0, "ra": 4.0},
+                "after": {"acc": 79.0 if projected else 77.0, "asr": 1.0 if projected else 3.0,
+                          "ra": 70.0},
+                "detection": {"flagged": 10, "precision": 0.9, "recall": 1.0},
+                "upgp": {"removal_steps": 20, "removal_stop": "flagged set unlearned",
+                         "mean_abs_cosine_gu_n": 0.3, "seconds": {"removal": 4.0}},
+                "train_epoch_seconds": 2.0}
+
+    arms = projection_arms(result_of, UPGPConfig(), clean_ra=75.0)
+    assert [a["arm"] for a in arms] == ["projected", "no projection"]
+    assert arms[0]["mean |cos|"] == 0.3 and arms[1]["mean |cos|"] is None
+    rows = [{"arch": arch, "attack": "badnets", "seed": seed, **a}
+            for arch in ("a", "b") for seed in (0, 1) for a in arms]
+    paired, counts = paired_counts(with_bars(pd.DataFrame(rows)), "arch", "projected",
+                                   "no projection")
+    assert paired.loc[("a", "badnets", 0), "acc (projected - no projection)"] == 2.0
+    assert list(counts.index) == ["a", "b", "all"]
+    assert counts.loc["all"].to_dict() == {"higher ACC": 4, "lower ASR": 4, "higher RA": 0,
+                                           "models": 4}

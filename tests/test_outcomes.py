@@ -44,3 +44,14 @@ def test_headline_sets_the_book_beside_the_paper_and_backdoorbench():
     # BackdoorBench's ANP over BadNets, Blended, SIG, WaNet, IAD, BPP (issue 24's numbers)
     assert anp[["ASR reduction", "RA gain", "ACC change"]].round(2).tolist() == [95.96, 70.8, -5.88]
     assert table.iloc[0]["ASR reduction"] == pytest.approx(92.0)
+
+
+def test_before_after_is_indexed_by_stage_so_its_glue_names_say_what_they_are():
+    from upgp.pages import slug
+
+    result = {"before": {"acc": 82.0, "asr": 95.0, "ra": 4.0, "n": 1},
+              "after": {"acc": 81.0, "asr": 2.0, "ra": 80.0, "n": 1}}
+    table = outcomes.before_after(result)
+    assert list(table.columns) == ["ACC (%)", "ASR (%)", "RA (%)"]
+    assert table.loc["UPGP", "ASR (%)"] == 2.0 and table.loc["no defense", "ACC (%)"] == 82.0
+    assert slug("qs", "no defense", "ASR (%)") == "qs_no_defense_asr"

@@ -60,3 +60,16 @@ def test_reemergence_is_cached_and_rejects_unknown_models(smoke_scenario, monkey
     assert reemergence(sc, "ft", probe) == first
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         reemergence(sc, "nope", probe)
+
+
+def test_endpoints_sum_each_probe_curve_up():
+    import pandas as pd
+
+    from upgp.reemergence import ENDPOINTS, endpoints
+
+    curves = pd.DataFrame({"model": ["UPGP"] * 3 + ["FT"] * 2, "epoch": [0, 1, 2, 0, 1],
+                           "asr": [2.0, 40.0, 30.0, 5.0, 6.0], "acc": [80.0, 79.0, 81.0, 70, 71],
+                           "ra": [70.0, 50.0, 55.0, 60, 61]})
+    table = endpoints(curves, ["model"])
+    assert list(table.index) == ["UPGP", "FT"] and list(table.columns) == ENDPOINTS
+    assert table.loc["UPGP"].tolist() == [2.0, 40.0, 30.0, 81.0, 55.0]

@@ -1,6 +1,7 @@
-"""UPGP's parts varied one at a time on one backdoored model (chapter 06): one function per
-ablation, each a table with a row per setting. Everything not varied stays at ``base``; every
-run is ``runs.run_upgp`` (cached), so a table costs nothing once its runs exist.
+"""UPGP's parts varied one at a time on one backdoored model (chapter 06; the repair's selection
+rule, chapter 08): one function per ablation, each a table with a row per setting. Everything
+not varied stays at ``base``; every run is ``runs.run_upgp`` (cached), so a table costs nothing
+once its runs exist.
 """
 
 from __future__ import annotations
@@ -146,6 +147,24 @@ def repairs(scenarios: dict[str, Scenario], variants: dict[str, UPGPConfig]) -> 
                          "rounds": u.get("rounds", 1), "repair steps": u.get("repair_steps", 0),
                          "repair stop": u.get("repair_stop", "-"),
                          "flagged acc": u.get("flagged_accuracy_after", float("nan"))})
+    return pd.DataFrame(rows)
+
+
+def repair_selections(sc: Scenario, variants: dict[str, UPGPConfig]) -> pd.DataFrame:
+    """The trigger repair under each of ``variants`` on one model (chapter 08): ACC / ASR / RA
+    after, the kept model's accuracy on the held-out reserve stamped with the estimated trigger
+    (%, where the rule computes it), how the repair ended, the flagged set and the wall time."""
+    rows = []
+    for name, config in variants.items():
+        r = run_upgp(sc, config).result
+        u, d = r["upgp"], r["detection"]
+        rows.append({"model": name, **r["after"],
+                     "stamped held-out acc": 100 * u.get("stamped_holdout_accuracy_after",
+                                                         float("nan")),
+                     "repair steps": u["repair_steps"], "repair stop": u["repair_stop"],
+                     "rounds": u["rounds"], "flagged acc": u["flagged_accuracy_after"],
+                     "flagged": d["flagged"], "precision": d["precision"], "AUROC": d["auroc"],
+                     "wall s": r["wall_seconds"]})
     return pd.DataFrame(rows)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -84,6 +85,32 @@ def sensitivity_analysis(scenario: Scenario, config: UPGPConfig | None = None
             "perturbation": pert}
 
 
+def sensitivity_row(scenario: Scenario, analysis: dict[str, Any]) -> dict[str, Any]:
+    """One row of the sensitivity-gap table: a ``sensitivity_analysis`` of ``scenario`` as the
+    perturbation's length and reach, the clean and the poisoned samples' median scores (the mean
+    of the middle two for an even count), AUROC."""
+    scores, poisoned = analysis["scores"], analysis["is_poisoned"]
+    return {"attack": scenario.attack.name, "arch": scenario.arch,
+            "asr_no_defense": scenario.metrics["asr"], "perturbation_steps": analysis["steps"],
+            "reserve_acc_after": 100 * analysis["reserve_accuracy"][-1],
+            "median_score_clean": float(scores[~poisoned].float().quantile(0.5)),
+            "median_score_poisoned": float(scores[poisoned].float().quantile(0.5)),
+            "auroc": analysis["auroc"]}
+
+
+def strength_sweep(scenario: Scenario, stop_levels: list[float]) -> pd.DataFrame:
+    """Steps 1-2 with the perturbation stopped at each reserve accuracy of ``stop_levels``
+    (``perturb_stop_accuracy``): its steps, the reserve accuracy it reached and the AUROC."""
+    rows = []
+    for level in stop_levels:
+        config = UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed,
+                            perturb_stop_accuracy=level)
+        sa = sensitivity_analysis(scenario, config)
+        rows.append({"stop_level": level, "steps": sa["steps"],
+                     "reserve_acc_after": 100 * sa["reserve_accuracy"][-1], "auroc": sa["auroc"]})
+    return pd.DataFrame(rows)
+
+
 DETECTION_FIELDS = ("calibrate", "rule", "z_threshold", "per_class", "reserve_fpr")
 
 
@@ -115,6 +142,25 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
         rows.append({"variant": name, **detection.evaluate(scenario.train.is_poisoned),
                      "target_median_ratio": ratio})
     return rows
+
+
+def calibration_moves(detection: pd.DataFrame, raw: str, calibrated: str
+                      ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Per model (*arch*, *attack*, *seed* of ``detection_variants`` rows with a *variant*
+    column): the target median ratio beside the AUROC of variant ``raw`` and of ``calibrated``
+    and the change; and the counts: models with a ratio under 1 (*below*) and how many of them
+    calibration lowered (*below_lost*), models at or over 1 (*above*) and how many it raised
+    (*above_gained*). A ratio under 1 moves the poisons towards the clean samples."""
+    model = ["arch", "attack", "seed"]
+    auroc = detection.pivot_table(index=model, columns="variant", values="auroc", sort=False)
+    moves = pd.DataFrame({
+        "target median ratio": detection.groupby(model, sort=False).target_median_ratio.first(),
+        "raw AUROC": auroc[raw], "calibrated AUROC": auroc[calibrated]})
+    moves["change"] = moves["calibrated AUROC"] - moves["raw AUROC"]
+    below = moves["target median ratio"] < 1
+    return moves, {"below": int(below.sum()), "below_lost": int((moves.change[below] < 0).sum()),
+                   "above": int((~below).sum()),
+                   "above_gained": int((moves.change[~below] > 0).sum())}
 
 
 def learning_dynamics(scenario: Scenario, n_samples: int = 256,
@@ -153,6 +199,16 @@ def learning_dynamics(scenario: Scenario, n_samples: int = 256,
         out[f"predicted {name}"] = dots[:, 1 + i]
         out[f"measured {name}"] = loss_after - loss_before
     return out
+
+
+def gradient_alignment(dynamics: dict[str, Any]) -> pd.DataFrame:
+    """Mean <g_N, g_i> and mean cos(g_N, g_i) of ``learning_dynamics``'s clean and poisoned
+    samples, indexed by which they are."""
+    poisoned = dynamics["poisoned"]
+    return pd.DataFrame(
+        {"mean <g_N, g_i>": [float(dynamics["inner_product"][m].mean()) for m in (~poisoned, poisoned)],
+         "mean cos(g_N, g_i)": [float(dynamics["cosine"][m].mean()) for m in (~poisoned, poisoned)]},
+        index=pd.Index(["clean", "poisoned"], name="samples"))
 
 
 REEMERGENCE_REFERENCES = ("backdoored", "clean model")  # probed models that are no defense's

@@ -111,6 +111,13 @@ def headline(table: pd.DataFrame, scale: str) -> pd.DataFrame:
     return pd.concat([ours, published()])
 
 
+def before_after(result: dict[str, Any]) -> pd.DataFrame:
+    """ACC / ASR / RA (%) of one UPGP run (``run_upgp(...).result``) with no defense and after,
+    indexed by stage."""
+    table = pd.DataFrame({"no defense": result["before"], FOUR_STEPS: result["after"]}).T
+    return table[["acc", "asr", "ra"]].rename(columns=lambda m: f"{m.upper()} (%)")
+
+
 def stages(rows: pd.DataFrame, variants: list[str]) -> list[dict[str, Any]]:
     """Records for ``plotting.before_after_bars``: per model, ACC / ASR / RA with no defense
     and after each of ``variants``."""

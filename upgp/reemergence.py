@@ -7,6 +7,7 @@ defended model with a very small number of poisoned samples and see whether the 
 back. ``retune`` runs such a probe (and, with no poisons, plain clean fine-tuning, as a user of
 the defended model might do), evaluating along the way; the book sets the ASR it regains beside
 what a clean model learns from the same set. Our own settings, not theirs: see ``RetuneConfig``.
+``endpoints`` sums a probe's curve up: where ASR started, its peak and where it ended.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -87,3 +89,14 @@ def retune(model: nn.Module, data: PoisonedSet, attack: Attack, config: RetuneCo
         config.seed, after_step=after_step,
         batch_transform=per_batch_poisoning(attack, data) if per_batch else None)
     return rows
+
+
+ENDPOINTS = ["asr_start", "asr_max", "asr_end", "acc_end", "ra_end"]
+
+
+def endpoints(curves: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per probe run (the rows of ``curves`` sharing ``by``, in epoch order): ASR at
+    the start, its maximum and at the end, and ACC and RA at the end (``ENDPOINTS``)."""
+    runs = curves.groupby(by, sort=False)
+    return runs.agg(asr_start=("asr", "first"), asr_max=("asr", "max"), asr_end=("asr", "last"),
+                    acc_end=("acc", "last"), ra_end=("ra", "last"))[ENDPOINTS]
