@@ -89,14 +89,12 @@ EXECUTED_BEFORE_THE_FIX = {
         "ablation_poison_rate-badnets-preact_resnet18", "ablation_removal_budget-badnets-preact_resnet18",
         "ablation_reserve-badnets-preact_resnet18", "baselines_preact_resnet18", "baselines_vgg19_bn",
         "calibration_detection_preact_resnet18", "calibration_detection_vgg19_bn",
-        "detection_roc_preact_resnet18", "detection_roc_vgg19_bn", "learning_dynamics",
+        "detection_roc_preact_resnet18", "detection_roc_vgg19_bn",
         "main_results", "projection_seeds_preact_resnet18", "projection_seeds_vgg19_bn",
-        "quickstart_before_after", "reemergence_vgg19_bn", "repair_selection_vgg19_bn",
-        "sensitivity_histograms", "strength_sweep")),
+        "reemergence_vgg19_bn", "repair_selection_vgg19_bn")),
     *(f"book/notebooks/{name}.ipynb" for name in (
-        "00_quickstart", "01_unlearning_perturbation", "02_learning_dynamics", "03_detection",
-        "04_main_results", "05_baselines", "06_ablations", "07_cost", "08_repair_selection",
-        "09_reemergence", "10_reserve_calibration", "11_projection_seeds")),
+        "03_detection", "04_main_results", "05_baselines", "06_ablations", "07_cost",
+        "08_repair_selection", "09_reemergence", "10_reserve_calibration", "11_projection_seeds")),
 }
 
 
