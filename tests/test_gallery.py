@@ -7,7 +7,8 @@ from nbformat.v4 import new_markdown_cell, new_notebook
 
 from upgp import gallery
 
-CAPTION = ("What the figure shows.\nData: {download}`x.csv <../../results/cpu/x.csv>`.")
+CAPTION = ("What the figure shows, AUROC {glue:text}`mean_auroc`.\n"
+           "Data: {download}`x.csv <../../results/cpu/x.csv>`.")
 
 
 def _book(root):
@@ -35,6 +36,8 @@ def test_figures_page_lists_each_labelled_figure_with_files_data_and_citation(tm
     for ext in ("png", "svg", "pdf"):
         assert f"{{download}}`{ext.upper()} <figures/curves.{ext}>`" in page
     assert "<../results/cpu/x.csv>" in page  # the caption's data link, from book/
+    # a number the caption glues is named with its notebook: the page glues nothing itself
+    assert "{glue:text}`notebooks/01_a.ipynb::mean_auroc`" in page
     assert "commit abc1234; preset cpu (CPU-scale) · seed 0" in page
     path = gallery.write_page(tmp_path)
     assert path.read_text() == page
