@@ -37,7 +37,7 @@ def test_figures_page_lists_each_labelled_figure_with_files_data_and_citation(tm
         assert f"{{download}}`{ext.upper()} <figures/curves.{ext}>`" in page
     assert "<../results/cpu/x.csv>" in page  # the caption's data link, from book/
     # a number the caption glues is named with its notebook: the page glues nothing itself
-    assert "{glue:text}`notebooks/01_a.ipynb::mean_auroc`" in page
+    assert "{glue}`notebooks/01_a.ipynb::mean_auroc`" in page
     assert "commit abc1234; preset cpu (CPU-scale) · seed 0" in page
     path = gallery.write_page(tmp_path)
     assert path.read_text() == page

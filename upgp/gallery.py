@@ -62,14 +62,15 @@ def figures(root: Path = ROOT) -> list[Figure]:
     return out
 
 
-# a {glue} / {glue:text} reference to a key of the page's own notebook (no "path::" before it)
-OWN_GLUE = re.compile(r"(\{glue(?::\w+)?\}`)(?![^`]*::)")
+# a {glue} / {glue:text} reference to a key of the page's own notebook (no "path::" before it);
+# it becomes {glue}`path::key` ({glue:text} reads "a:b" as key and format, so cannot take a path)
+OWN_GLUE = re.compile(r"\{glue(?::\w+)?\}`(?![^`]*::)")
 
 
 def _from_book_dir(caption: str, chapter: str) -> str:
     """A chapter's caption rewritten for a page in ``book/``: relative paths (``{download}``
     links) from there, and glued numbers named with the notebook that glues them."""
-    caption = OWN_GLUE.sub(rf"\g<1>{Path(chapter).relative_to('book').as_posix()}.ipynb::",
+    caption = OWN_GLUE.sub(f"{{glue}}`{Path(chapter).relative_to('book').as_posix()}.ipynb::",
                            caption)
     depth = len(Path(chapter).parent.relative_to("book").parts)
     return caption.replace("../" * (depth + 1), "../") if depth else caption
