@@ -56,6 +56,7 @@ def bar_summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 ARM_KEYS = {"projected": "proj", "no projection": "noproj"}  # arm -> its short name in glue keys
+AFTER_KEYS = {"after ACC": "acc", "after ASR": "asr", "after RA": "ra"}  # column -> glue-key name
 
 
 def projection_arms(result_of: Callable[[UPGPConfig], dict[str, Any]], config: UPGPConfig,
@@ -82,11 +83,10 @@ def paired_counts(table: pd.DataFrame, by: str, arm: str, other: str
     and *seed*), ``arm``'s ACC / ASR / RA after minus ``other``'s; and per *by* value and for
     all models, how many models ``arm`` leaves with the higher ACC, the lower ASR and the higher
     RA (ties count for neither), and the number of models."""
-    metric = {"after ACC": "acc", "after ASR": "asr", "after RA": "ra"}
-    wide = table.pivot_table(index=[by, "attack", "seed"], columns="arm", values=list(metric),
+    wide = table.pivot_table(index=[by, "attack", "seed"], columns="arm", values=list(AFTER_KEYS),
                              sort=False)
     paired = pd.DataFrame({f"{m} ({arm} - {other})": wide[(col, arm)] - wide[(col, other)]
-                           for col, m in metric.items()})
+                           for col, m in AFTER_KEYS.items()})
     better = pd.DataFrame({"higher ACC": paired.iloc[:, 0] > 0, "lower ASR": paired.iloc[:, 1] < 0,
                            "higher RA": paired.iloc[:, 2] > 0})
     counts = better.groupby(level=by, sort=False).sum()
