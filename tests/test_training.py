@@ -89,3 +89,23 @@ def test_corrupt_json_cache_is_dropped(tmp_path):
     with pytest.warns(UserWarning, match="corrupt cache file"):
         assert load_json(path) is None
     assert not path.exists()
+
+
+def test_timed_epoch_scales_the_timed_batches_to_the_training_set(smoke_scenario, monkeypatch):
+    """The cost chapter's epoch: the rate of the second of two timed fits over ``batches``
+    batches, scaled to the whole training set; the backdoored model is not touched."""
+    from upgp import analyses
+
+    calls = []
+
+    def fake_fit(model, x, y, epochs, batch_size, *args, **kwargs):
+        calls.append((len(x), epochs, batch_size))
+        return {"images_per_second": 100.0 * len(calls)}  # the warm-up fit is the slower one
+
+    before = [p.clone() for p in smoke_scenario.model.parameters()]
+    monkeypatch.setattr(analyses, "fit", fake_fit)
+    seconds = analyses.timed_epoch_seconds(smoke_scenario, batches=2)
+    batch = smoke_scenario.preset.batch_size
+    assert calls == [(min(2 * batch, len(smoke_scenario.train.x)), 1, batch)] * 2
+    assert seconds == pytest.approx(len(smoke_scenario.train.x) / 200.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, smoke_scenario.model.parameters()))
