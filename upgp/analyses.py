@@ -272,12 +272,14 @@ def timed_epoch_seconds(scenario: Scenario, batches: int = 32) -> float:
     preset, x, y = scenario.preset, scenario.train.x, scenario.train.y
     subset = torch.arange(min(len(x), batches * preset.batch_size))
     model = create_model(scenario.arch, scenario.num_classes, preset.width)
-    rate = 0.0
-    for _ in range(2):
-        rate = fit(model, x[subset], y[subset], 1, preset.batch_size, preset.lr, preset.schedule,
+
+    def images_per_second() -> float:
+        return fit(model, x[subset], y[subset], 1, preset.batch_size, preset.lr, preset.schedule,
                    preset.bf16, scenario.seed, preset.momentum,
                    preset.weight_decay)["images_per_second"]
-    return len(x) / rate
+
+    images_per_second()  # warm-up
+    return len(x) / images_per_second()
 
 
 def upgp_cost(scenario: Scenario) -> dict[str, Any]:
