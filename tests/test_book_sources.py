@@ -89,10 +89,10 @@ EXECUTED_BEFORE_THE_FIX = {
         "ablation_poison_rate-badnets-preact_resnet18", "ablation_removal_budget-badnets-preact_resnet18",
         "ablation_reserve-badnets-preact_resnet18",
         "calibration_detection_preact_resnet18", "calibration_detection_vgg19_bn",
-        "main_results", "projection_seeds_preact_resnet18", "projection_seeds_vgg19_bn",
+        "projection_seeds_preact_resnet18", "projection_seeds_vgg19_bn",
         "reemergence_vgg19_bn", "repair_selection_vgg19_bn")),
     *(f"book/notebooks/{name}.ipynb" for name in (
-        "04_main_results", "06_ablations",
+        "06_ablations",
         "08_repair_selection", "09_reemergence", "10_reserve_calibration", "11_projection_seeds")),
 }
 
@@ -112,10 +112,6 @@ def test_no_committed_output_names_a_local_path():
     assert not fixed, f"re-executed without local paths: take {sorted(fixed)} off the list"
 
 
-# executed before tables were cut to the columns a reader needs: their next execution shows none
-ELIDED_BEFORE_THE_FIX = {"04_main_results"}
-
-
 def test_no_executed_table_is_shown_elided():
     """A table in the book shows every column and row it has (pandas elides them with '...'
     past its display limits): the HTML outputs the book renders hold no elided cell."""
@@ -126,6 +122,4 @@ def test_no_executed_table_is_shown_elided():
                 html = "".join(out.get("data", {}).get("text/html", ""))
                 if "<td>...</td>" in html or "<th>...</th>" in html:
                     elided.add(path.stem)
-    assert not elided - ELIDED_BEFORE_THE_FIX, f"elided tables in {sorted(elided)}"
-    fixed = ELIDED_BEFORE_THE_FIX - elided
-    assert not fixed, f"re-executed without elided tables: take {sorted(fixed)} off the list"
+    assert not elided, f"elided tables in {sorted(elided)}"
