@@ -94,8 +94,7 @@ def test_projection_arms_and_paired_counts_compare_two_arms_model_by_model():
                           "ra": 70.0},
                 "detection": {"flagged": 10, "precision": 0.9, "recall": 1.0},
                 "upgp": {"removal_steps": 20, "removal_stop": "flagged set unlearned",
-                         "mean_abs_cosine_gu_n": 0.3, "seconds": {"removal": 4.0}},
-                "train_epoch_seconds": 2.0}
+                         "mean_abs_cosine_gu_n": 0.3, "seconds": {"removal": 4.0}}}
 
     arms = projection_arms(result_of, UPGPConfig(), clean_ra=75.0)
     assert [a["arm"] for a in arms] == ["projected", "no projection"]

@@ -63,15 +63,13 @@ def projection_arms(result_of: Callable[[UPGPConfig], dict[str, Any]], config: U
                     clean_ra: float) -> list[dict[str, Any]]:
     """One model defended by ``config`` and by ``config.without_projection()`` (``result_of``
     runs the defense): per arm, its ``defense_row``, the removal's mean |cos(g_u, n)| (projected
-    arm only: what there was to project out) and removal's and repair's seconds beside one
-    training epoch's."""
+    arm only: what there was to project out) and removal's and repair's seconds."""
     rows = []
     for arm, cfg in (("projected", config), ("no projection", config.without_projection())):
         result = result_of(cfg)
         upgp = result["upgp"]
         rows.append({"arm": arm, **defense_row(result, clean_ra),
                      "mean |cos|": upgp["mean_abs_cosine_gu_n"] if arm == "projected" else None,
-                     "epoch s": result["train_epoch_seconds"],
                      "removal s": upgp["seconds"]["removal"],
                      "repair s": upgp["seconds"].get("repair", 0.0)})
     return rows
