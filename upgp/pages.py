@@ -31,15 +31,12 @@ def shown(value: Any, digits: int = 2) -> Any:
     return round(value) if digits == 0 else round(value, digits)
 
 
-def glue_table(prefix: str, table: pd.DataFrame, digits: int = 2) -> list[str]:
+def glue_table(prefix: str, table: pd.DataFrame, digits: int = 2) -> None:
     """Glue every cell of ``table`` as ``slug(prefix, *row label, column)`` (a MultiIndex row
-    joins its levels); returns the names, in row order."""
+    joins its levels). Returns nothing, so that a cell ending with it shows nothing."""
     from myst_nb import glue
 
-    names = []
     for label, row in table.astype(object).iterrows():  # each column keeps its type
         for column, value in row.items():
             name = slug(prefix, *(label if isinstance(label, tuple) else (label,)), column)
             glue(name, shown(value, digits), display=False)
-            names.append(name)
-    return names
