@@ -20,8 +20,9 @@ from upgp.reproduce import ROOT, notebook_parameters, notebooks, reproduce, resu
 pytestmark = pytest.mark.slow
 
 
-def test_every_notebook_has_parameters_and_no_outputs():
+def test_every_notebook_has_parameters_ids_and_no_outputs():
     import ast
+    import json
 
     import nbformat
     import papermill
@@ -35,6 +36,8 @@ def test_every_notebook_has_parameters_and_no_outputs():
                     if isinstance(node, ast.AnnAssign)]
         assert sorted(papermill.inspect_notebook(str(path))) == sorted(assigned), name
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
+        # every cell keeps an id (nbformat 4.5): papermill warns of each missing one
+        assert all("id" in c for c in json.loads(path.read_text())["cells"]), name
 
 
 def test_notebooks_execute_at_smoke_preset(tmp_path, monkeypatch):

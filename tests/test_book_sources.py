@@ -125,10 +125,6 @@ def test_no_executed_table_is_shown_elided():
     assert not elided, f"elided tables in {sorted(elided)}"
 
 
-# executed while glue_table returned the names it glued, which a cell ending with it showed
-REPR_BEFORE_THE_FIX = {"12_regimes"}
-
-
 def test_no_executed_cell_shows_the_repr_of_a_return_value():
     """What a reader sees under a cell is a table, a figure or text printed on purpose: no
     result shown only as a plain-text repr (a list of names, of paths), which a cell shows when
@@ -140,7 +136,5 @@ def test_no_executed_cell_shows_the_repr_of_a_return_value():
                 if (out.get("output_type") == "execute_result"
                         and set(out.get("data", {})) == {"text/plain"}):
                     shown.add(path.stem)
-    allowed = REPR_BEFORE_THE_FIX | {Path(f).stem for f in EXECUTED_BEFORE_THE_FIX}
+    allowed = {Path(f).stem for f in EXECUTED_BEFORE_THE_FIX}  # 08, 09 show lists of paths
     assert not shown - allowed, f"a cell shows a bare repr in {sorted(shown - allowed)}"
-    fixed = REPR_BEFORE_THE_FIX - shown
-    assert not fixed, f"re-executed without a bare repr: take {sorted(fixed)} off the list"
