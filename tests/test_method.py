@@ -115,12 +115,24 @@ def test_upgp_detects_and_removes_synthetic_backdoor(smoke_scenario):
     assert 100 * counts[target] / sum(counts) == pytest.approx(result["after"]["asr"])
 
 
-def test_given_flagged_set_is_used(smoke_scenario):
+def test_given_flagged_set_is_used_and_taken_as_all_poisons(smoke_scenario, monkeypatch):
+    """A given set is no cut on the scores: the clean-share estimate (the reserve's share under
+    the set's highest score) would read a random or oracle set holding one high-scoring sample
+    as nearly all clean and stop removal at its first check; removal aims at s itself."""
+    import upgp.method as method
+
     sc = smoke_scenario
-    _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
-                            UPGPConfig(removal_max_steps=5),
-                            flagged=sc.train.poison_idx[:10])
+    seen = []
+    real = method.remove_and_repair
+    monkeypatch.setattr(method, "remove_and_repair", lambda *a, clean_share, **k: (
+        seen.append(clean_share), real(*a, clean_share=clean_share, **k))[1])
+    args = (sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
+            UPGPConfig(removal_max_steps=5))
+    scores = method.upgp_defend(*args)[1].scores  # detected: the reserve's estimate
+    given = torch.cat([sc.train.poison_idx[:9], scores.argmax().view(1)])  # + the top score
+    report = method.upgp_defend(*args, flagged=given)[1]
     assert report.detection.rule == "given" and len(report.detection.flagged) == 10
+    assert 0.0 <= seen[0] < 1.0 and seen[1] == 0.0  # the estimate would read it as all clean
 
 
 def test_removal_trajectory_follows_the_loop_without_stopping(smoke_scenario):

@@ -72,7 +72,8 @@ def run_upgp(scenario: Scenario, config: UPGPConfig | None = None,
     flagged set and the reserve size, so notebooks and the CLI share finished runs.
     """
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
-    path = defense_cache(scenario, "upgp", config, None if flagged is None else flagged.tolist(),
+    given = None if flagged is None else ("taken as all poisons", flagged.tolist())
+    path = defense_cache(scenario, "upgp", config, given,
                          *((reserve_size,) if reserve_size else ()),  # older keys stay valid
                          suffix=".pt")
     cached = load_tensors(path) if use_cache else None

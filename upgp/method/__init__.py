@@ -176,7 +176,9 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
                 ) -> tuple[nn.Module, UPGPReport]:
     """Detect backdoor samples in ``train_set`` by unlearning sensitivity, then unlearn them.
 
-    ``flagged`` replaces step 3 with a given set (the random and oracle ablations);
+    ``flagged`` replaces step 3 with a given set (the random and oracle ablations), taken as all
+    poisons: it is no cut on the scores, so the reserve cannot estimate its clean share, and
+    removal aims at ``stop_flagged_accuracy`` itself;
     ``on_check`` is handed to the removal loop (see ``projected_unlearning``; with several
     rounds, each counts its steps from 0).
     The input model is not modified.
@@ -193,11 +195,11 @@ def upgp_defend(model: nn.Module, train_set: tuple[Tensor, Tensor],
         detection = Detection(flagged, detection.suspicion, "given", float("nan"))
     seconds["detection"] = time.perf_counter() - start
     idx = detection.flagged
+    clean_share = 0.0 if flagged is not None else clean_share_estimate(scores, idx, reference)
     if detection.found:  # step 4 (and the optional step 5)
         cleaned, removal, repair, rounds = remove_and_repair(
             model, (x[idx], y[idx]), (x_fit, y_fit), (x_hold, y_hold), config,
-            clean_share=clean_share_estimate(scores, idx, reference), on_check=on_check,
-            seconds=seconds)
+            clean_share=clean_share, on_check=on_check, seconds=seconds)
     else:
         cleaned, rounds = copy.deepcopy(model), 0
         removal = repair = RemovalLog(stop_reason="nothing to remove")
