@@ -52,7 +52,7 @@ def removal_trajectory(scenario: Scenario, config: UPGPConfig | None = None,
     """
     config = (config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)).replace(
         removal_max_steps=max_steps, check_every=every, stop_flagged_accuracy=-1.0,
-        max_holdout_drop=1.0)
+        max_holdout_drop=1.0, max_target_rise=1.0)
     path = defense_cache(scenario, "trajectory", "trajectory", config)
     cached = load_json(path)
     if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)

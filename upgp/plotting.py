@@ -20,19 +20,20 @@ from .style import BEFORE, CLEAN, PALETTE, POISON, SEQUENTIAL, new_figure
 KIND_COLOURS = {"clean": CLEAN, "poisoned": POISON}
 
 
-def _legend_above(fig: Figure, ax: Axes, title: str | None = None) -> None:
-    """Move ``ax``'s legend above the panels, in one row, where it covers no data."""
+def _legend_above(fig: Figure, ax: Axes, title: str | None = None,
+                  extra: Sequence[tuple[Any, str]] = ()) -> None:
+    """Move ``ax``'s legend above the panels, in one row, where it covers no data, with the
+    ``extra`` (handle, label) pairs after its own."""
     legend = ax.get_legend()  # seaborn's legends hold handles that are not in the axes
     handles, labels = ((legend.legend_handles, [t.get_text() for t in legend.get_texts()])
                        if legend is not None else ax.get_legend_handles_labels())
+    handles, labels = [*handles, *(h for h, _ in extra)], [*labels, *(t for _, t in extra)]
     for a in fig.axes:
         if a.get_legend() is not None:
             a.get_legend().remove()
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4),
                    title=title, frameon=False)
-
-
 
 
 def score_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], xlabel: str,
@@ -123,17 +124,17 @@ def metric_curves(curves: Sequence[tuple[str, Sequence[float], dict[str, Sequenc
                           for label, xs, ys in curves for i, xv in enumerate(xs) for m in metrics],
                          columns=["label", "x", "metric", "value"])
     fig, axes = new_figure(len(metrics), height=2.3, sharex=True)
+    # each mark is named in the legend: a label written on its line would sit on the data
+    styles, lines = ("--", ":", "-."), {}
     for ax, m in zip(axes.flat, metrics):
         sns.lineplot(table[table["metric"] == m], x="x", y="value", hue="label", marker="o",
                      markersize=4, ax=ax, legend=len(curves) > 1)
-        for label, at in marks:
-            ax.axvline(at, color="0.5", lw=0.8, ls="--")
-            ax.annotate(label, (at, 0.98), xycoords=("data", "axes fraction"), fontsize=6,
-                        color="0.35", ha="right", va="top", rotation=90)
+        for (label, at), ls in zip(marks, styles):
+            lines[label] = ax.axvline(at, color="0.4", lw=0.9, ls=ls)
         if logx:
             ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel="", title=m.upper() + " (%)")
-    _legend_above(fig, axes[0, 0])
+    _legend_above(fig, axes[0, 0], extra=[(line, label) for label, line in lines.items()])
     return fig
 
 
