@@ -122,10 +122,13 @@ def test_given_flagged_set_is_used_and_taken_as_all_poisons(smoke_scenario, monk
     import upgp.method as method
 
     sc = smoke_scenario
-    seen = []
-    real = method.remove_and_repair
-    monkeypatch.setattr(method, "remove_and_repair", lambda *a, clean_share, **k: (
-        seen.append(clean_share), real(*a, clean_share=clean_share, **k))[1])
+    seen, real = [], method.remove_and_repair
+
+    def spy(*args, clean_share, **kwargs):  # records the clean share removal is handed
+        seen.append(clean_share)
+        return real(*args, clean_share=clean_share, **kwargs)
+
+    monkeypatch.setattr(method, "remove_and_repair", spy)
     args = (sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),
             UPGPConfig(removal_max_steps=5))
     scores = method.upgp_defend(*args)[1].scores  # detected: the reserve's estimate

@@ -22,7 +22,7 @@ def test_glue_table_names_every_cell_by_its_labels(monkeypatch):
                                                           ("vgg19_bn", "old default")]))
     assert pages.glue_table("rg", table) is None  # a cell ending with it shows nothing
     assert list(glued) == ["rg_vgg19_bn_new_default_asr", "rg_vgg19_bn_new_default_models",
-                     "rg_vgg19_bn_old_default_asr", "rg_vgg19_bn_old_default_models"]
+                           "rg_vgg19_bn_old_default_asr", "rg_vgg19_bn_old_default_models"]
     assert glued == {"rg_vgg19_bn_new_default_asr": 1.23, "rg_vgg19_bn_new_default_models": 3,
                      "rg_vgg19_bn_old_default_asr": "-", "rg_vgg19_bn_old_default_models": 4}
     assert type(glued["rg_vgg19_bn_new_default_models"]) is int  # shown as 3, not 3.0

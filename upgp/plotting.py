@@ -119,13 +119,15 @@ def metric_curves(curves: Sequence[tuple[str, Sequence[float], dict[str, Sequenc
                   xlabel: str, marks: Sequence[tuple[str, float]] = (), logx: bool = False,
                   metrics: Sequence[str] = ("acc", "asr", "ra")) -> Figure:
     """One panel per metric, one line per (label, x values, {metric: y values}); ``marks`` are
-    labelled vertical lines (e.g. where a stopping rule ends the loop)."""
+    vertical lines (e.g. where a stopping rule ends the loop), at most three, each named in the
+    legend."""
     table = pd.DataFrame([{"label": label, "x": xv, "metric": m, "value": list(ys[m])[i]}
                           for label, xs, ys in curves for i, xv in enumerate(xs) for m in metrics],
                          columns=["label", "x", "metric", "value"])
     fig, axes = new_figure(len(metrics), height=2.3, sharex=True)
-    # each mark is named in the legend: a label written on its line would sit on the data
-    styles, lines = ("--", ":", "-."), {}
+    styles, lines = ("--", ":", "-."), {}  # a label written on its line would sit on the data
+    if len(marks) > len(styles):
+        raise ValueError(f"{len(marks)} marks: at most {len(styles)} (one line style each)")
     for ax, m in zip(axes.flat, metrics):
         sns.lineplot(table[table["metric"] == m], x="x", y="value", hue="label", marker="o",
                      markersize=4, ax=ax, legend=len(curves) > 1)
