@@ -9,7 +9,7 @@ out=${1:-_build/screenshots}
 mkdir -p "$out"
 jupyter-book build . -W -n --keep-going --quiet
 html=$PWD/_build/html
-for page in intro notebooks/04_main_results; do
+for page in book/intro book/notebooks/04_main_results; do
   name=$(basename "$page")
   for view in "top 1000" "full 9000"; do
     set -- $view
