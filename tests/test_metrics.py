@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from upgp.metrics import der, redirection, struck_out_ra, target_class_accuracy
+from upgp.metrics import auroc, der, redirection, roc, struck_out_ra, target_class_accuracy
 
 
 class AlwaysClass(nn.Module):
@@ -34,6 +34,20 @@ def test_struck_out_ra_takes_the_best_label_besides_each_images_backdoor_label()
     # struck out: 1, 1, 1, 0 -> right on images 0, 1 and 3
     assert struck_out_ra(model, x, y, backdoor, bf16=False) == pytest.approx(75.0)
     assert struck_out_ra(AlwaysClass(2), x, y, torch.tensor([2, 2, 2, 2]), bf16=False) == 25.0
+
+
+@pytest.mark.parametrize("levels", [1000, 7])  # distinct scores, and many ties
+def test_auroc_and_roc_agree_with_scikit_learn(levels):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    gen = torch.Generator().manual_seed(levels)
+    truth = torch.rand(400, generator=gen) < 0.2
+    suspicion = torch.randint(0, levels, (400,), generator=gen).float() + 2.0 * truth
+    assert auroc(truth, suspicion) == pytest.approx(roc_auc_score(truth.numpy(), suspicion.numpy()))
+    fpr, tpr, _ = roc_curve(truth.numpy(), suspicion.numpy(), drop_intermediate=False)
+    ours = roc(truth, suspicion)
+    assert ours[0] == pytest.approx(fpr) and ours[1] == pytest.approx(tpr)
+    assert auroc(torch.ones(5, dtype=torch.bool), torch.rand(5)) != auroc(truth, suspicion)  # nan
 
 
 def test_der_counts_only_asr_gain_and_acc_loss():

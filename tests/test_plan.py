@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -40,19 +41,37 @@ def test_plan_marks_cached_models_and_times_the_rest_by_the_cache(tmp_path, monk
     from upgp.scenarios import backdoored_model
 
     monkeypatch.setenv("UPGP_CACHE", str(tmp_path))  # empty: no model to time others by
+    monkeypatch.setenv("UPGP_RESULTS", str(tmp_path / "results"))  # and no training record
 
     chapter = {"attack": "blended", "arch": "preact_resnet18"}
     empty = plan(["00"], "smoke", {**chapter, "seed": 5})
     assert list(empty.cached) == [False] and math.isnan(empty["estimated s"].iloc[0])
+    assert list(empty["timed by"]) == ["untimed"]
     trained = backdoored_model("blended", "preact_resnet18", "smoke", seed=5, progress=False)
     table = plan(["00"], "smoke", {**chapter, "seed": 5})
     assert list(table.cached) == [True] and table["estimated s"].iloc[0] == 0
     assert table["train s"].iloc[0] == pytest.approx(  # what it would take from an empty cache
         training_images(get_preset("smoke")) / trained.info["images_per_second"])
     other = plan(["00"], "smoke", {**chapter, "seed": 6})  # timed by the model just trained
-    assert list(other.cached) == [False]
+    assert list(other.cached) == [False] and list(other["timed by"]) == ["cache"]
     assert other["estimated s"].iloc[0] == pytest.approx(
         training_images(get_preset("smoke")) / trained.info["images_per_second"])
+
+
+def test_an_empty_cache_is_timed_by_the_committed_training_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPGP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UPGP_RESULTS", str(tmp_path))
+    record = {"run": {"arch": "preact_resnet18", "width": get_preset("smoke").width},
+              "training": {}}
+    for attack, rate in (("badnets", 400.0), ("blended", 600.0), ("sig", 900.0)):
+        record["training"]["images_per_second"] = rate
+        (tmp_path / f"train-{attack}-preact_resnet18.json").write_text(json.dumps(record))
+    table = plan(["00"], "smoke", {"attack": "blended", "arch": "preact_resnet18", "seed": 5})
+    assert list(table["timed by"]) == ["results"]  # the median of the records' rates
+    assert table["estimated s"].iloc[0] == pytest.approx(
+        training_images(get_preset("smoke")) / 600.0)
+    wider = plan(["00"], "smoke", {"attack": "blended", "arch": "vgg19_bn", "seed": 5})
+    assert list(wider["timed by"]) == ["untimed"]  # no record of this architecture
 
 
 @pytest.mark.parametrize("argv, message", [

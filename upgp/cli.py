@@ -207,17 +207,22 @@ def cmd_plan(args: argparse.Namespace) -> None:
     shown = table.assign(**{c: table[c].round(0) for c in ("train s", "estimated s")})
     print(shown.drop(columns="cache file").to_string(index=False))
     missing = table[~table.cached]
-    unknown = int(missing["estimated s"].isna().sum())
+    counts = missing["timed by"].value_counts()
+    sources = [f"{counts[s]} by {label}" for s, label in
+               (("cache", "this cache's models"), ("results", f"results/{args.preset}'s records"))
+               if s in counts]
+    if "untimed" in counts:
+        sources.append(f"{counts['untimed']} with no recorded rate, not counted")
     print(f"\npreset {args.preset}: {len(table)} models, {int(table.cached.sum())} cached; "
           f"training the other {len(missing)} takes about "
-          f"{missing['estimated s'].sum() / 60:.0f} min on this machine's cache rates"
-          + (f" ({unknown} with no cached model of their kind to time them by)" if unknown else "")
+          f"{missing['estimated s'].sum() / 60:.0f} min"
+          + (f" ({'; '.join(sources)})" if sources else "")
           + f"; from an empty cache, about {table['train s'].sum() / 60:.0f} min")
     times = results_dir(args.preset) / "notebook_times.csv"
     if times.exists():
         last = pd.read_csv(times).set_index("notebook")["seconds"].reindex(stems)
-        print(f"the chapters' last runs took {last.sum() / 60:.0f} min in all "
-              f"({int(last.isna().sum())} never timed), models trained then included")
+        print(f"the chapters' last runs took {last.sum() / 60:.0f} min in all, with the cache "
+              f"they found then ({int(last.isna().sum())} never timed)")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

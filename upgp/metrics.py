@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
 from .train import predict
@@ -111,18 +110,32 @@ def detection_metrics(is_poisoned: Tensor | np.ndarray, flagged: Tensor | np.nda
 
 
 def auroc(is_poisoned: Tensor | np.ndarray, suspicion: Tensor | np.ndarray) -> float:
-    """Area under the ROC curve of ``suspicion`` for the poison mask (nan if one class only)."""
+    """Area under the ROC curve of ``suspicion`` for the poison mask (nan if one class only):
+    the Mann-Whitney statistic P(s_poison > s_clean) + P(s_poison = s_clean) / 2, from average
+    ranks (written here, not imported from scikit-learn, whose import costs each kernel 1.3 s)."""
     truth = np.asarray(is_poisoned, dtype=bool)
     if truth.all() or not truth.any():
         return float("nan")
-    return float(roc_auc_score(truth, _numpy(suspicion)))
+    values = _numpy(suspicion).astype(np.float64)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based, ties share their mean rank
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    rank_sum = average_rank[inverse][truth].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def roc(is_poisoned: Tensor | np.ndarray, suspicion: Tensor | np.ndarray
         ) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) points of the ROC curve, for plotting."""
-    fpr, tpr, _ = roc_curve(np.asarray(is_poisoned, dtype=bool), _numpy(suspicion))
-    return fpr, tpr
+    """(FPR, TPR) points of the ROC curve, for plotting: one point per distinct suspicion value,
+    flagging every sample at or above it, from (0, 0) to (1, 1)."""
+    truth = np.asarray(is_poisoned, dtype=bool)
+    values = _numpy(suspicion).astype(np.float64)
+    order = np.argsort(-values, kind="stable")
+    values, truth = values[order], truth[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(values)), len(values) - 1]
+    tp = np.cumsum(truth)[last_of_value]
+    fp = np.cumsum(~truth)[last_of_value]
+    return (np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)])
 
 
 def _numpy(x: Tensor | np.ndarray) -> np.ndarray:

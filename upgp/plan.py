@@ -4,10 +4,11 @@
 (attack, architecture, seed, preset overrides) and the backdoor-free ones it compares with
 (``clean_reference``, the LC surrogate), read from the chapter's parameters by the rules its cells
 follow. ``plan`` names each one's cache file, says which are cached and estimates the training
-time of the others from what the cache records: the seconds per epoch of the cached models of the
-same architecture and size, over the images the missing model trains on. The slow book test runs every
-chapter at the smoke preset with ``UPGP_RECORD_MODELS`` set and checks that the models the
-chapters used are exactly the ones planned.
+time of the others from the training rate of models of the same architecture and size: the
+cached ones' (this machine's), else the rate the committed ``results/<preset>/train-*.json``
+record (the machine that produced them), over the images the missing model trains on. The
+slow book test runs every chapter at the smoke preset with ``UPGP_RECORD_MODELS`` set and
+checks that the models the chapters used are exactly the ones planned.
 """
 
 from __future__ import annotations
@@ -147,6 +148,23 @@ def _throughput(models: Path) -> dict[tuple[str, int], float]:
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
+def _recorded_throughput(preset: str) -> dict[tuple[str, int], float]:
+    """Median training images per second by (architecture, model size) that the committed
+    training records of ``preset`` (``results/<preset>/train-*.json``) hold: the rate of the
+    machine that produced the book's results, for a cache with no model of a kind."""
+    from .io import load_json
+    from .reproduce import results_dir
+
+    seen: dict[tuple[str, int], list[float]] = {}
+    for path in sorted(results_dir(preset).glob("train-*.json")):
+        record = load_json(path) or {}
+        run, rate = record.get("run", {}), record.get("training", {}).get("images_per_second")
+        if rate and run.get("arch") in MODELS and run.get("width"):
+            size = _size(create_model(run["arch"], 10, run["width"]).state_dict())
+            seen.setdefault((run["arch"], size), []).append(rate)
+    return {k: statistics.median(v) for k, v in seen.items()}
+
+
 def training_images(settings: Preset) -> int:
     """Images one training run passes over: epochs x the full batches of the training set
     left after the reserve is split off."""
@@ -170,23 +188,27 @@ def _needed(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | 
 def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | None = None,
          data: str | None = None) -> pd.DataFrame:
     """One row per model the notebooks need (each once, with the chapters that use it): its
-    cache file, whether it is cached, its training seconds as estimated from this cache's
-    rates (*train s*: NaN where the cache holds no model of its architecture and width) and the
-    seconds left to train it (*estimated s*: 0 when cached)."""
+    cache file, whether it is cached, its training seconds (*train s*) at the rate of this
+    cache's models of its architecture and width, else at the rate ``results/<preset>`` records
+    (*timed by*: ``cache``, ``results`` or ``untimed``, with NaN seconds), and the seconds left to
+    train it (*estimated s*: 0 when cached)."""
     from .io import cache_dir
 
-    rate = _throughput(cache_dir() / "models")
+    rates = {"cache": _throughput(cache_dir() / "models"),
+             "results": _recorded_throughput(preset)}
     rows = []
     for name, (need, chapters) in _needed(notebooks, preset, parameters, data).items():
         settings = need.preset(preset)
         cached = (cache_dir() / "models" / name).exists()
-        size = _size(create_model(need.arch, 10, settings.width).state_dict())
-        seconds = training_images(settings) / rate.get((need.arch, size), float("nan"))
+        key = (need.arch, _size(create_model(need.arch, 10, settings.width).state_dict()))
+        timed_by = next((source for source, rate in rates.items() if key in rate), "untimed")
+        rate = rates[timed_by][key] if timed_by in rates else float("nan")
+        seconds = training_images(settings) / rate
         rows.append({"chapters": ", ".join(chapters), "attack": need.attack, "arch": need.arch,
                      "seed": need.seed, "epochs": settings.epochs, "width": settings.width,
                      "poison ratio": settings.poison_ratio, "cached": cached,
-                     "train s": seconds, "estimated s": 0.0 if cached else seconds,
-                     "cache file": name})
+                     "train s": seconds, "timed by": timed_by,
+                     "estimated s": 0.0 if cached else seconds, "cache file": name})
     return pd.DataFrame(rows)
 
 

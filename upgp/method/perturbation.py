@@ -56,7 +56,7 @@ def unlearning_perturbation(model: nn.Module, x_reserve: Tensor, y_reserve: Tens
     check_choice("unlearning loss", loss, UNLEARNING_LOSSES)
     device = next(model.parameters()).device
     perturbed = copy.deepcopy(model).eval()  # BatchNorm statistics stay those of theta_0
-    opt = torch.optim.SGD(perturbed.parameters(), lr=lr)
+    params = list(perturbed.parameters())
     gen = torch.Generator().manual_seed(seed)
     history = [accuracy(perturbed, x_reserve, y_reserve, bf16=bf16)]
     steps = 0
@@ -65,10 +65,14 @@ def unlearning_perturbation(model: nn.Module, x_reserve: Tensor, y_reserve: Tens
             with autocast(device, bf16):
                 logits = perturbed(to_float(x_reserve[idx], device))
             value = unlearning_loss(logits, y_reserve[idx].to(device), loss)
-            opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             value.backward()
-            nn.utils.clip_grad_norm_(perturbed.parameters(), clip_norm)
-            opt.step()
+            nn.utils.clip_grad_norm_(params, clip_norm)
+            with torch.no_grad():  # plain SGD, theta <- theta - lr * g (torch.optim's first
+                for p in params:   # use imports torch._dynamo: seconds per process)
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
             steps += 1
             history.append(accuracy(perturbed, x_reserve, y_reserve, bf16=bf16))
             if steps >= max_steps or history[-1] <= stop_accuracy:
