@@ -69,8 +69,10 @@ def unlearning_perturbation(model: nn.Module, x_reserve: Tensor, y_reserve: Tens
                 p.grad = None
             value.backward()
             nn.utils.clip_grad_norm_(params, clip_norm)
-            with torch.no_grad():  # plain SGD, theta <- theta - lr * g (torch.optim's first
-                for p in params:   # use imports torch._dynamo: seconds per process)
+            # plain SGD, theta <- theta - lr * g, by hand: torch.optim's first use imports
+            # torch._dynamo, about 2 s a process
+            with torch.no_grad():
+                for p in params:
                     if p.grad is not None:
                         p.add_(p.grad, alpha=-lr)
             steps += 1
