@@ -14,8 +14,9 @@ checks that the models the chapters used are exactly the ones planned.
 from __future__ import annotations
 
 import ast
+import functools
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,17 +136,31 @@ def _size(state: dict[str, Any]) -> int:
     return sum(v.numel() for v in state.values())
 
 
+@functools.cache
+def _model_size(arch: str, width: int) -> int:
+    """Parameters and buffers of ``arch`` at ``width`` (10 classes), built once per pair."""
+    return _size(create_model(arch, 10, width).state_dict())
+
+
+def _medians(rates: Iterable[tuple[tuple[str, int], float]]) -> dict[tuple[str, int], float]:
+    """The median rate per (architecture, model size) key."""
+    seen: dict[tuple[str, int], list[float]] = {}
+    for key, rate in rates:
+        seen.setdefault(key, []).append(rate)
+    return {k: statistics.median(v) for k, v in seen.items()}
+
+
 def _throughput(models: Path) -> dict[tuple[str, int], float]:
     """Median training images per second of the cached models, by (architecture, model size):
     the rate this cache's machine trained each kind of model at."""
-    seen: dict[tuple[str, int], list[float]] = {}
-    for path in sorted(models.glob("*.pt")):
-        cached = load_tensors(path) or {}
-        rate = cached.get("info", {}).get("images_per_second")
-        arch = next((a for a in MODELS if f"-{a}-" in path.name), None)
-        if rate and arch:
-            seen.setdefault((arch, _size(cached["state_dict"])), []).append(rate)
-    return {k: statistics.median(v) for k, v in seen.items()}
+    def rates() -> Iterator[tuple[tuple[str, int], float]]:
+        for path in sorted(models.glob("*.pt")):
+            cached = load_tensors(path) or {}
+            rate = cached.get("info", {}).get("images_per_second")
+            arch = next((a for a in MODELS if f"-{a}-" in path.name), None)
+            if rate and arch:
+                yield (arch, _size(cached["state_dict"])), rate
+    return _medians(rates())
 
 
 def _recorded_throughput(preset: str) -> dict[tuple[str, int], float]:
@@ -155,14 +170,13 @@ def _recorded_throughput(preset: str) -> dict[tuple[str, int], float]:
     from .io import load_json
     from .reproduce import results_dir
 
-    seen: dict[tuple[str, int], list[float]] = {}
-    for path in sorted(results_dir(preset).glob("train-*.json")):
-        record = load_json(path) or {}
-        run, rate = record.get("run", {}), record.get("training", {}).get("images_per_second")
-        if rate and run.get("arch") in MODELS and run.get("width"):
-            size = _size(create_model(run["arch"], 10, run["width"]).state_dict())
-            seen.setdefault((run["arch"], size), []).append(rate)
-    return {k: statistics.median(v) for k, v in seen.items()}
+    def rates() -> Iterator[tuple[tuple[str, int], float]]:
+        for path in sorted(results_dir(preset).glob("train-*.json")):
+            record = load_json(path) or {}
+            run, rate = record.get("run", {}), record.get("training", {}).get("images_per_second")
+            if rate and run.get("arch") in MODELS and run.get("width"):
+                yield (run["arch"], _model_size(run["arch"], run["width"])), rate
+    return _medians(rates())
 
 
 def training_images(settings: Preset) -> int:
@@ -200,7 +214,7 @@ def plan(notebooks: Iterable[str], preset: str, parameters: dict[str, Any] | Non
     for name, (need, chapters) in _needed(notebooks, preset, parameters, data).items():
         settings = need.preset(preset)
         cached = (cache_dir() / "models" / name).exists()
-        key = (need.arch, _size(create_model(need.arch, 10, settings.width).state_dict()))
+        key = (need.arch, _model_size(need.arch, settings.width))
         timed_by = next((source for source, rate in rates.items() if key in rate), "untimed")
         rate = rates[timed_by][key] if timed_by in rates else float("nan")
         seconds = training_images(settings) / rate
