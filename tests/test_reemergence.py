@@ -54,12 +54,18 @@ def test_reemergence_is_cached_and_rejects_unknown_models(smoke_scenario, monkey
     sc = smoke_scenario
     probe = retune_config(sc.preset, 0)
     assert (probe.epochs, probe.every) == (2, 1)  # the smoke preset's shorter probe
-    first = reemergence(sc, "ft", probe)
-    assert [r["epoch"] for r in first] == [0, 1, 2]
+    runs = []
+    real_defend = analyses.defend
+    monkeypatch.setattr(analyses, "defend", lambda *a, **k: runs.append(1) or real_defend(*a, **k))
+    poisoned = retune_config(sc.preset, 0, poisons=10)
+    first = reemergence(sc, "ft", [probe, poisoned])
+    assert len(runs) == 1  # one defense for both probes
+    assert [[r["epoch"] for r in rows] for rows in first] == [[0, 1, 2], [0, 1, 2]]
+    assert first[0][0] == first[1][0]  # both start from the same defended model
     monkeypatch.setattr(analyses, "defend", lambda *a, **k: pytest.fail("not cached"))
-    assert reemergence(sc, "ft", probe) == first
+    assert reemergence(sc, "ft", [probe, poisoned]) == first
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
-        reemergence(sc, "nope", probe)
+        reemergence(sc, "nope", [probe])
 
 
 def test_endpoints_sum_each_probe_curve_up():

@@ -8,12 +8,13 @@ through ``runs.defense_cache``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .defenses import defend, defense_config, get_defense
 from .detectors import DETECTORS, detector_scores
@@ -216,35 +217,47 @@ def gradient_alignment(dynamics: dict[str, Any]) -> pd.DataFrame:
 REEMERGENCE_REFERENCES = ("backdoored", "clean model")  # probed models that are no defense's
 
 
-def reemergence(scenario: Scenario, model: str, probe: RetuneConfig,
-                config: Any = None, data: str | Path | None = None) -> list[dict[str, float]]:
-    """ACC/ASR/RA along the re-emergence probe (``upgp.reemergence.retune``) of one model of the
+def reemergence(scenario: Scenario, model: str, probes: Sequence[RetuneConfig],
+                config: Any = None, data: str | Path | None = None
+                ) -> list[list[dict[str, float]]]:
+    """ACC/ASR/RA along each re-emergence probe (``upgp.reemergence.retune``) of one model of the
     scenario: ``backdoored``, ``clean model`` (``clean_reference_model``) or the output of the
-    registered defense ``model`` (``config``: default, the preset's).
+    registered defense ``model`` (``config``: default, the preset's); one list of rows per probe.
 
-    Cached as JSON under the backdoored model, the probed model and its config, and the probe's
-    settings. Defended weights are not cached: on a miss the defense runs again.
+    Each probe is cached as JSON under the backdoored model, the probed model and its config, and
+    the probe's settings. Defended weights are not cached: the defense runs once for all the
+    probes that miss.
     """
     spec = None if model in REEMERGENCE_REFERENCES else get_defense(model)  # errs if unknown
     if spec is not None and config is None:
         config = defense_config(model, scenario.preset, scenario.seed)
-    path = defense_cache(scenario, "reemergence", "reemergence", model, config, probe)
-    cached = load_json(path)
-    if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
-        return [{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in cached]
+    paths = [defense_cache(scenario, "reemergence", "reemergence", model, config, probe)
+             for probe in probes]
+    curves = [load_json(path) for path in paths]
+    probed = None
+    for i, (probe, path) in enumerate(zip(probes, paths)):
+        if curves[i] is not None:  # in the order of a fresh run (the JSON file sorts its keys)
+            curves[i] = [{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in curves[i]]
+            continue
+        if probed is None:
+            probed = _probed_model(scenario, model, spec, config, data)
+        retuning = retuning_set(scenario.attack, scenario.reserve_x, scenario.reserve_y,
+                                probe.poisons, scenario.preset.target, probe.seed)
+        curves[i] = retune(probed, retuning, scenario.attack, probe, scenario.evaluate)
+        write_json(path, curves[i])
+    return curves
+
+
+def _probed_model(scenario: Scenario, model: str, spec: Any, config: Any,
+                  data: str | Path | None) -> nn.Module:
+    """The model a re-emergence probe starts from (``retune`` fine-tunes a copy)."""
     if spec is not None:
         train_set = (scenario.train.x, scenario.train.y) if spec.needs_train_set else None
-        probed, _ = defend(model, scenario.model, (scenario.reserve_x, scenario.reserve_y),
-                           config, train_set)
-    elif model == "backdoored":
-        probed = scenario.model
-    else:
-        probed = clean_reference_model(scenario, data, progress=False)
-    retuning = retuning_set(scenario.attack, scenario.reserve_x, scenario.reserve_y,
-                            probe.poisons, scenario.preset.target, probe.seed)
-    rows = retune(probed, retuning, scenario.attack, probe, scenario.evaluate)
-    write_json(path, rows)
-    return rows
+        return defend(model, scenario.model, (scenario.reserve_x, scenario.reserve_y), config,
+                      train_set)[0]
+    if model == "backdoored":
+        return scenario.model
+    return clean_reference_model(scenario, data, progress=False)
 
 
 def detector_comparison(scenario: Scenario, config: UPGPConfig | None = None
