@@ -35,7 +35,7 @@ def _quoted(page: Path) -> list[tuple[Path, str]]:
                          if c["cell_type"] == "markdown")
     out = []
     for role, ref in GLUE.findall(text):
-        if role == "text" and ":" in ref:
+        if role == "text":
             ref = ref.rsplit(":", 1)[0]
         path, _, key = ref.rpartition("::")
         out.append(((page.parent / path).resolve() if path else page, key.strip()))

@@ -231,20 +231,19 @@ def reemergence(scenario: Scenario, model: str, probes: Sequence[RetuneConfig],
     spec = None if model in REEMERGENCE_REFERENCES else get_defense(model)  # errs if unknown
     if spec is not None and config is None:
         config = defense_config(model, scenario.preset, scenario.seed)
-    paths = [defense_cache(scenario, "reemergence", "reemergence", model, config, probe)
-             for probe in probes]
-    curves = [load_json(path) for path in paths]
-    probed = None
-    for i, (probe, path) in enumerate(zip(probes, paths)):
-        if curves[i] is not None:  # in the order of a fresh run (the JSON file sorts its keys)
-            curves[i] = [{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in curves[i]]
+    curves, probed = [], None
+    for probe in probes:
+        path = defense_cache(scenario, "reemergence", "reemergence", model, config, probe)
+        cached = load_json(path)
+        if cached is not None:  # in the order of a fresh run (the JSON file sorts its keys)
+            curves.append([{k: row[k] for k in ("epoch", "acc", "asr", "ra")} for row in cached])
             continue
         if probed is None:
             probed = _probed_model(scenario, model, spec, config, data)
         retuning = retuning_set(scenario.attack, scenario.reserve_x, scenario.reserve_y,
                                 probe.poisons, scenario.preset.target, probe.seed)
-        curves[i] = retune(probed, retuning, scenario.attack, probe, scenario.evaluate)
-        write_json(path, curves[i])
+        curves.append(retune(probed, retuning, scenario.attack, probe, scenario.evaluate))
+        write_json(path, curves[-1])
     return curves
 
 
