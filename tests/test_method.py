@@ -83,6 +83,9 @@ def test_detection_variants_share_one_perturbation_with_upgp(smoke_scenario):
     variants = {"default": {}, "calibrated": {"calibrate": True, "rule": "reserve_quantile"}}
     rows = analyses.detection_variants(sc, variants)
     assert [r["variant"] for r in rows] == ["default", "calibrated"]
+    config = UPGPConfig(bf16=sc.preset.bf16, seed=sc.seed)
+    assert runs.defense_cache(sc, "detection", "detection", config, variants).exists()
+    assert analyses.detection_variants(sc, variants) == rows  # read back in the same order
     for row, changes in zip(rows, variants.values()):
         config = UPGPConfig(removal_max_steps=0, **changes)
         _, report = upgp_defend(sc.model, (sc.train.x, sc.train.y), (sc.reserve_x, sc.reserve_y),

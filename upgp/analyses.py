@@ -2,8 +2,8 @@
 (``sensitivity_analysis``), step 3 under detection variants, the gradient geometry behind the
 sensitivity gap (``learning_dynamics``), the removal loop with its stops off
 (``removal_trajectory``), the re-emergence probe (``reemergence``), and UPGP's detection beside
-other detectors (``detector_comparison``). The trajectory and the probe are cached as JSON
-through ``runs.defense_cache``.
+other detectors (``detector_comparison``). The trajectory, the detection variants and the probe
+are cached as JSON through ``runs.defense_cache``.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
     count and the detection metrics against the poison mask (evaluation only), and the
     perturbation's ``target_median_ratio`` (``label_median_ratio`` of the attack's target label on
     the held-out reserve; the same in every row), which says which way calibration moves poisons.
+    Cached as JSON under the model, ``config`` and ``variants``.
     """
     config = config or UPGPConfig(bf16=scenario.preset.bf16, seed=scenario.seed)
     for name, changes in variants.items():
@@ -133,6 +134,10 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
         if other:
             raise ValueError(f"detection variant {name!r} changes {other}; a variant may change "
                              f"only: {', '.join(DETECTION_FIELDS)}")
+    path = defense_cache(scenario, "detection", "detection", config, variants)
+    cached = load_json(path)
+    if cached is not None:  # columns and values as lists: the JSON file sorts a dict's keys
+        return [dict(zip(cached["columns"], values, strict=True)) for values in cached["rows"]]
     x_fit, y_fit, x_hold, y_hold = split_holdout(scenario.reserve_x, scenario.reserve_y,
                                                  config.holdout_ratio, config.seed)
     _, scores, reference = perturb_and_score(scenario.model, scenario.train.x, scenario.train.y,
@@ -144,6 +149,7 @@ def detection_variants(scenario: Scenario, variants: dict[str, dict[str, Any]],
                                           config.replace(**changes))
         rows.append({"variant": name, **detection.evaluate(scenario.train.is_poisoned),
                      "target_median_ratio": ratio})
+    write_json(path, {"columns": list(rows[0]), "rows": [list(row.values()) for row in rows]})
     return rows
 
 
