@@ -176,17 +176,20 @@ def learning_dynamics_panels(cosine: np.ndarray, predicted: dict[str, np.ndarray
 
 def curve_grid(table: Any, x: str, y: str, rows: str, cols: str, hue: str) -> Figure:
     """One panel per (``rows``, ``cols``) value pair of a tidy table, one line per ``hue`` value:
-    ``y`` (in %) against ``x`` (e.g. ASR along the re-emergence probe, per probe and attack)."""
+    ``y`` (in %) against ``x`` (e.g. ASR along the re-emergence probe, per probe and attack).
+    Each ``hue`` value has its own dashes and marker too, so that lines which coincide stay
+    visible; the ``x`` ticks are the ``x`` values measured."""
     row_values, col_values = table[rows].unique(), table[cols].unique()
+    order = list(table[hue].unique())
     fig, axes = new_figure(len(col_values), len(row_values), height=1.8, sharex=True,
                            sharey=True)
     for i, r in enumerate(row_values):
         for j, c in enumerate(col_values):
             ax = axes[i, j]
             cell = table[(table[rows] == r) & (table[cols] == c)]
-            sns.lineplot(cell, x=x, y=y, hue=hue, hue_order=list(table[hue].unique()),
-                         marker="o", markersize=3, ax=ax)
-            ax.set(ylim=(-3, 103), title=f"{c}, {rows} {r}",
+            sns.lineplot(cell, x=x, y=y, hue=hue, hue_order=order, style=hue, style_order=order,
+                         dashes=True, markers=True, markersize=4, ax=ax)
+            ax.set(ylim=(-3, 103), xticks=sorted(table[x].unique()), title=f"{c}, {rows} {r}",
                    xlabel=x if i == len(row_values) - 1 else "",
                    ylabel=y.upper() + " (%)" if j == 0 else "")
     _legend_above(fig, axes[0, 0])
