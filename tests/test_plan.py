@@ -85,3 +85,26 @@ def test_plan_refuses_bad_input_in_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_records_the_models_each_chapter_trained(tmp_path, monkeypatch):
+    """A cache-only rerun is told apart from a run that trained: notebook_times.csv counts the
+    models each run added to the cache (the papermill run is stood in for by a fake)."""
+    from upgp import reproduce as rp
+    from upgp.io import cache_dir
+
+    def fake_papermill(notebook, output, parameters):
+        if notebook.stem.startswith("00"):  # the first chapter trains two models
+            for name in ("a.pt", "b.pt"):
+                (cache_dir() / "models" / name).write_bytes(b"")
+        return 1.0
+
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(rp, "ROOT", tmp_path)
+    monkeypatch.setattr(rp, "_papermill", fake_papermill)
+    first = rp.reproduce("smoke", ["00", "01"]).set_index("notebook")["models trained"]
+    assert first.to_dict() == {"00_quickstart": 2, "01_unlearning_perturbation": 0}
+    rp.reproduce("smoke", ["00"])  # the cache now holds its models
+    times = (tmp_path / "results" / "smoke" / "notebook_times.csv").read_text().splitlines()
+    assert times[0] == "notebook,status,seconds,models trained"
+    assert [line.split(",")[-1] for line in times[1:]] == ["0", "0"]

@@ -220,9 +220,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
           + f"; from an empty cache, about {table['train s'].sum() / 60:.0f} min")
     times = results_dir(args.preset) / "notebook_times.csv"
     if times.exists():
-        last = pd.read_csv(times).set_index("notebook")["seconds"].reindex(stems)
-        print(f"the chapters' last runs took {last.sum() / 60:.0f} min in all, with the cache "
-              f"they found then ({int(last.isna().sum())} never timed)")
+        last = pd.read_csv(times).set_index("notebook").reindex(
+            index=stems, columns=["seconds", "models trained"])  # runs before it: no count
+        trained = last["models trained"]
+        print(f"the chapters' last runs took {last.seconds.sum() / 60:.0f} min in all, with the "
+              f"cache they found then ({int(last.seconds.isna().sum())} never timed); models "
+              f"they trained: {int(trained.sum())} (counted by {int(trained.notna().sum())} of "
+              f"the {len(stems)} runs)")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

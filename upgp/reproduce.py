@@ -264,9 +264,10 @@ def notebook_parameters(notebook: str, preset: str, parameters: dict[str, Any] |
 def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
               parameters: dict[str, Any] | None = None, jobs: int = 1) -> pd.DataFrame:
     """Execute the notebooks at ``preset``, ``jobs`` at a time; return (and save) a table of
-    status and wall time, in chapter order. Notebooks share the model and defense caches, whose
-    writes are atomic. Each kernel keeps torch's thread count: a model trained with another
-    thread count has other weights, so the numbers do not depend on ``jobs``."""
+    status, wall time and models trained (added to the cache), in chapter order. Notebooks
+    share the model and defense caches, whose writes are atomic. Each kernel keeps torch's
+    thread count: a model trained with another thread count has other weights, so the numbers
+    do not depend on ``jobs``."""
     selected = resolve(only)
     runs = {nb.stem: notebook_parameters(nb.stem, preset, parameters) for nb in selected}
     for nb in selected:
@@ -278,15 +279,17 @@ def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
 
     def run(nb: Path) -> dict[str, Any]:
         print(f"{nb.stem} (preset {preset}) ...", flush=True)
+        models_before = _cached_models()
         try:
             seconds = _papermill(nb, base / "notebooks" / nb.name, runs[nb.stem])
             print(f"    {nb.stem} ok in {seconds:.0f} s", flush=True)
-            return {"notebook": nb.stem, "status": "ok", "seconds": round(seconds, 1)}
+            row = {"notebook": nb.stem, "status": "ok", "seconds": round(seconds, 1)}
         except Exception as err:  # report and go on with the next notebook
             print(f"    {nb.stem} FAILED: {err}".splitlines()[0][:300], flush=True)
             traceback.print_exc(limit=1)
-            return {"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
-                    "seconds": float("nan")}
+            row = {"notebook": nb.stem, "status": f"failed: {type(err).__name__}",
+                   "seconds": float("nan")}
+        return {**row, "models trained": len(_cached_models() - models_before)}
 
     with _kernel_environment(base / "figures", results):
         with ThreadPoolExecutor(jobs) as pool:
@@ -304,6 +307,14 @@ def reproduce(preset: str = BOOK_PRESET, only: Iterable[str] | None = None,
 
         write_page()
     return table
+
+
+def _cached_models() -> set[str]:
+    """The model cache's files: a chapter's *models trained* is what its run added to them (with
+    ``jobs`` > 1, what the chapters running beside it added too)."""
+    from .io import cache_dir
+
+    return {p.name for p in (cache_dir() / "models").glob("*.pt")}
 
 
 def run_one(name: str, parameters: dict[str, Any], output: Path | None = None) -> Path:
