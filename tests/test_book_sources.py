@@ -86,13 +86,6 @@ def test_code_is_collapsed_except_the_parameters(notebook):
 
 
 LOCAL_PATH = re.compile(r"(?<![\w.])/(?:work|home|tmp|root|Users|mnt|var/folders)/\S")
-# executed before runs stopped naming local paths; each leaves this list when it is re-executed
-# (the test fails while a listed file no longer names one, so the list only shrinks)
-EXECUTED_BEFORE_THE_FIX = {
-    *(f"book/figures/{name}.svg" for name in (
-        "calibration_detection_preact_resnet18", "calibration_detection_vgg19_bn")),
-    "book/notebooks/10_reserve_calibration.ipynb",
-}
 
 
 def test_no_committed_output_names_a_local_path():
@@ -105,9 +98,7 @@ def test_no_committed_output_names_a_local_path():
     named = {f for f in tracked if Path(f).suffix in (".md", ".ipynb", ".svg", ".csv", ".json",
                                                       ".txt", ".yml")
              and LOCAL_PATH.search((ROOT / f).read_text(errors="replace"))}
-    assert not named - EXECUTED_BEFORE_THE_FIX, f"local paths in {sorted(named - EXECUTED_BEFORE_THE_FIX)}"
-    fixed = EXECUTED_BEFORE_THE_FIX - named
-    assert not fixed, f"re-executed without local paths: take {sorted(fixed)} off the list"
+    assert not named, f"local paths in {sorted(named)}"
 
 
 def test_no_executed_table_is_shown_elided():
