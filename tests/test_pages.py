@@ -27,3 +27,10 @@ def test_glue_table_names_every_cell_by_its_labels(monkeypatch):
                      "rg_vgg19_bn_old_default_asr": "-", "rg_vgg19_bn_old_default_models": 4}
     assert type(glued["rg_vgg19_bn_new_default_models"]) is int  # shown as 3, not 3.0
     assert pages.shown(69.04, 0) == 69 and type(pages.shown(69.04, 0)) is int
+
+
+def test_a_value_that_rounds_to_zero_is_not_shown_negative():
+    from upgp.pages import shown
+
+    assert str(shown(-0.003)) == "0.0" and str(shown(-0.4, digits=0)) == "0"
+    assert shown(-0.01) == -0.01 and shown(float("nan")) == "-"

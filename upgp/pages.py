@@ -20,7 +20,7 @@ def slug(*parts: Any) -> str:
 
 def shown(value: Any, digits: int = 2) -> Any:
     """A value as a page shows it: ints and strings as they are, floats rounded (to an int at 0
-    digits), NaN as '-'."""
+    digits), NaN as '-', and never '-0.0' (a value that rounds to zero shows as 0)."""
     if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):
@@ -28,7 +28,7 @@ def shown(value: Any, digits: int = 2) -> Any:
     value = float(value)
     if math.isnan(value):
         return "-"
-    return round(value) if digits == 0 else round(value, digits)
+    return (round(value) if digits == 0 else round(value, digits)) + 0  # + 0 turns -0.0 into 0.0
 
 
 def glue_table(prefix: str, table: pd.DataFrame, digits: int = 2) -> None:
